@@ -1,0 +1,202 @@
+"""The Scorer: one API for every model in every format.
+
+A backend implements one method, :meth:`Scorer._forward`, which scores a batch of
+already-encoded sequences. Everything users call is built on top of it here:
+
+* :meth:`Scorer.score` / :meth:`Scorer.iter_scores`: batched, streaming over any
+  iterable (a window of items is read, grouped by length so padding waste stays
+  small, scored, and yielded back in input order), with a progress callback and a
+  cancel token;
+* :meth:`Scorer.compare`: two responses, their margin and P(A better than B);
+* :meth:`Scorer.rank`: Best-of-N, best first.
+
+Backends that can share the prompt between candidates (GGUF, ONNX with past)
+override :meth:`Scorer._score_shared_prompt`.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+
+from engine.encoding import Encoded, Encoder
+from engine.errors import Cancelled, InputError
+from engine.types import Comparison, Conversation, Item, ModelInfo, Ranking, Score, conversation, ranking_from_scores
+
+Progress = Callable[[int, int | None], None]  # (items done, items in total or None when streaming)
+
+
+class CancelToken:
+    """Set it from any thread; the scoring job stops before its next batch."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("scoring was cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Right-padded arrays for one forward pass (shape [batch, longest])."""
+
+    input_ids: np.ndarray  # int64
+    attention_mask: np.ndarray  # int64, 1 on real tokens
+    token_type_ids: np.ndarray | None  # int64, cross-encoders only
+    lengths: np.ndarray  # real tokens per row
+
+
+def pad_batch(encoded: Sequence[Encoded], pad_id: int, *, side: str = "right") -> Batch:
+    """Pad a list of encodings into one batch. ``side`` exists for the invariance tests."""
+    n, longest = len(encoded), max(len(e.ids) for e in encoded)
+    ids = np.full((n, longest), pad_id, dtype=np.int64)
+    mask = np.zeros((n, longest), dtype=np.int64)
+    types = np.zeros((n, longest), dtype=np.int64) if encoded[0].type_ids is not None else None
+    for r, e in enumerate(encoded):
+        k = len(e.ids)
+        sl = slice(0, k) if side == "right" else slice(longest - k, longest)
+        ids[r, sl] = e.ids
+        mask[r, sl] = 1
+        if types is not None and e.type_ids is not None:
+            types[r, sl] = e.type_ids
+    return Batch(ids, mask, types, np.array([len(e.ids) for e in encoded], dtype=np.int64))
+
+
+def _as_item(x: Item | tuple) -> Item:
+    if isinstance(x, Item):
+        return x
+    if isinstance(x, tuple) and len(x) == 2:
+        return Item.of(x[0], x[1])
+    raise InputError(f"expected an Item or a (conversation, response) pair, got {type(x).__name__}")
+
+
+class Scorer(ABC):
+    """A loaded reward model. Subclasses: ONNX, GGUF, torch backends."""
+
+    info: ModelInfo
+    encoder: Encoder
+    #: items per forward pass; the backend may lower it for long inputs
+    batch_size: int = 16
+    #: padding side used when batching (scores must not depend on it; tested)
+    padding_side: str = "right"
+
+    # ---- what a backend implements ------------------------------------------------
+    @abstractmethod
+    def _forward(self, batch: Batch) -> np.ndarray:
+        """One score per row, float64, shape [batch]."""
+
+    def close(self) -> None:
+        """Free runtime resources. Using the scorer afterwards is an error."""
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- scoring -------------------------------------------------------------------
+    def encode(self, item: Item) -> Encoded:
+        return self.encoder.encode(item)
+
+    def _score_encoded(self, encoded: Sequence[Encoded], batch_size: int,
+                       cancel: CancelToken | None) -> list[float]:
+        """Score encodings in length-sorted batches; returns scores in input order."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        out = [0.0] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            if cancel:
+                cancel.raise_if_cancelled()
+            rows = order[start:start + batch_size]
+            values = self._forward(pad_batch([encoded[i] for i in rows], self.encoder.pad_token_id,
+                                             side=self.padding_side))
+            for i, v in zip(rows, values, strict=True):
+                out[i] = float(v)
+        return out
+
+    def iter_scores(
+        self,
+        items: Iterable[Item | tuple],
+        *,
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
+        total: int | None = None,
+        window: int | None = None,
+    ) -> Iterator[Score]:
+        """Score items lazily, in input order. Memory is bounded by ``window`` items.
+
+        ``total`` is only passed on to ``progress`` (for a bar over a stream).
+        """
+        bs = batch_size or self.batch_size
+        window = window or bs * 16
+        if total is None and isinstance(items, Sequence):
+            total = len(items)
+        it = iter(items)
+        done = 0
+        while chunk := list(islice(it, window)):
+            if cancel:
+                cancel.raise_if_cancelled()
+            encoded = [self.encode(_as_item(x)) for x in chunk]
+            values = self._score_encoded(encoded, bs, cancel)
+            for e, v in zip(encoded, values, strict=True):
+                yield Score(v, len(e.ids), e.cut_tokens)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+
+    def score(self, items: Iterable[Item | tuple], **kwargs) -> list[Score]:
+        """Score every item; see :meth:`iter_scores` for the options."""
+        return list(self.iter_scores(items, **kwargs))
+
+    # ---- one conversation, several responses -----------------------------------------
+    def _score_shared_prompt(self, conv: Conversation, responses: Sequence[str]) -> list[Score] | None:
+        """Score responses that share one conversation, computing the prompt once.
+
+        Returns None when the backend cannot (the caller falls back to full scoring).
+        """
+        return None
+
+    def _score_candidates(self, conv: Conversation, responses: Sequence[str],
+                          shared: bool | None) -> tuple[list[Score], bool]:
+        if shared is not False:
+            scores = self._score_shared_prompt(conv, responses)
+            if scores is not None:
+                return scores, True
+            if shared:
+                raise InputError(f"{self.info.format} model {self.info.name!r} cannot share the prompt")
+        return self.score([Item(conv, r) for r in responses]), False
+
+    def compare(self, conv: Conversation | Sequence | str, a: str, b: str, *,
+                shared_prompt: bool | None = None) -> Comparison:
+        """Score two responses to one conversation: margin and P(A better than B)."""
+        conv = conversation(conv) if not _is_conversation(conv) else conv
+        (sa, sb), shared = self._score_candidates(conv, [a, b], shared_prompt)
+        return Comparison(sa, sb, prompt_shared=shared)
+
+    def rank(self, conv: Conversation | Sequence | str, candidates: Sequence[str], *,
+             shared_prompt: bool | None = None) -> Ranking:
+        """Best-of-N: candidates with their scores, best first (ties keep input order)."""
+        if not candidates:
+            raise InputError("rank needs at least one candidate", field="candidates")
+        conv = conversation(conv) if not _is_conversation(conv) else conv
+        scores, shared = self._score_candidates(conv, list(candidates), shared_prompt)
+        return ranking_from_scores(list(candidates), scores, prompt_shared=shared)
+
+
+def _is_conversation(x: object) -> bool:
+    from engine.types import Message
+
+    return isinstance(x, tuple) and all(isinstance(m, Message) for m in x) and len(x) > 0

