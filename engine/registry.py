@@ -147,6 +147,9 @@ def remove(name: str) -> None:
 
 
 def backend_class(fmt: Format) -> type[Scorer]:
+    if fmt not in BACKENDS:
+        raise ModelError(f"{fmt} models are recognised, but this build of Arbiter cannot score them "
+                         "yet; export the source checkpoint to ONNX (`arbiter export --format onnx`)")
     module_name, cls_name = BACKENDS[fmt].split(":")
     try:
         module = importlib.import_module(module_name)

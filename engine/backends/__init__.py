@@ -8,5 +8,4 @@ opened.
 BACKENDS: dict[str, str] = {
     "onnx": "engine.backends.onnx:OnnxScorer",
     "torch": "engine.backends.torch_ref:TorchScorer",
-    "gguf": "engine.backends.gguf:GgufScorer",
 }

@@ -1,0 +1,51 @@
+"""The `arbiter` command. Each command lives in its own module and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from app.cli import convert, models, scoring
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arbiter", description="Score responses with reward models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show runtime logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    scoring.register(sub)
+    models.register(sub)
+    convert.register(sub)
+    p = sub.add_parser("gui", help="open the desktop app")
+    p.set_defaults(func=cmd_gui)
+    return parser
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    print("The Arbiter desktop app is not in this build yet; use the CLI "
+          "(`arbiter compare`, `arbiter bon`, `arbiter score`).", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.errors import ArbiterError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ArbiterError as e:
+        print(f"arbiter: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("arbiter: interrupted", file=sys.stderr)
+        return 130
+
+
+def desktop() -> int:
+    return main(["gui"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

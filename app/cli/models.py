@@ -1,0 +1,74 @@
+"""`arbiter models list|add|info|remove`."""
+
+from __future__ import annotations
+
+import argparse
+
+from app.cli.common import add_json, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="the model registry")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    q = msub.add_parser("list", help="every registered model and the built-in default")
+    add_json(q)
+    q.set_defaults(func=cmd_list)
+    q = msub.add_parser("add", help="copy a model (.gguf file, ONNX or HF folder) into the registry")
+    add_json(q)
+    q.add_argument("path")
+    q.add_argument("--name", help="registry name (default: the file or folder name)")
+    q.set_defaults(func=cmd_add)
+    q = msub.add_parser("info", help="open a model and show what it is")
+    add_json(q)
+    q.add_argument("model", help="registered name, path, or 'default'")
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=cmd_info)
+    q = msub.add_parser("remove", help="delete a registered model")
+    add_json(q)
+    q.add_argument("name")
+    q.set_defaults(func=cmd_remove)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    entries = registry.list_models()
+    data = [{"name": e.name, "format": e.format, "path": str(e.path), "builtin": e.builtin} for e in entries]
+    if not entries:
+        human = "no models yet: `arbiter models add PATH` (a .gguf file, an ONNX or HF folder)"
+    else:
+        human = "\n".join(f"{e.name:<28} {e.format:<6} {e.path}" + ("  (built-in)" if e.builtin else "")
+                          for e in entries)
+    emit(args, data, human)
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    e = registry.add(args.path, args.name)
+    emit(args, {"name": e.name, "format": e.format, "path": str(e.path)},
+         f"added {e.name} ({e.format}) -> {e.path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import engine
+
+    with engine.load(args.model, device=args.device) as rm:
+        info = rm.info
+    d = info.to_dict()
+    lines = [f"{k:<14} {d[k]}" for k in ("name", "format", "architecture", "pooling", "max_length",
+                                          "dtype", "provider")]
+    lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
+    lines += [f"  {f.path}  {f.size / 1e6:.1f} MB  sha256 {f.sha256}" for f in info.files]
+    emit(args, d, "\n".join(lines))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    registry.remove(args.name)
+    emit(args, {"removed": args.name}, f"removed {args.name}")
+    return 0

@@ -1,0 +1,187 @@
+"""`arbiter score`, `arbiter compare`, `arbiter bon`: the everyday commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from app.cli.common import ProgressBar, add_json, add_model_options, emit, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score every row of a JSONL file")
+    add_model_options(p)
+    add_json(p)
+    p.add_argument("input", help="JSONL: {conversation|prompt, response} per line; '-' for stdin")
+    p.add_argument("-o", "--output", required=True, help="JSONL out: each row plus score fields")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="score two responses: margin and P(A better than B)")
+    add_model_options(p)
+    add_json(p)
+    _conversation_options(p)
+    p.add_argument("a", help="response A")
+    p.add_argument("b", help="response B")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bon", help="Best-of-N: rank candidate responses, best first")
+    add_model_options(p)
+    add_json(p)
+    _conversation_options(p)
+    p.add_argument("--candidates", required=True,
+                   help="JSON list, JSONL (strings or {response}), or text with candidates "
+                        "separated by lines of '---' (one per line when there are none)")
+    p.set_defaults(func=cmd_bon)
+
+
+def _conversation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", "-p", help="a single user turn")
+    g.add_argument("--conversation", help="JSON file: a list of {role, content} messages")
+    p.add_argument("--system", help="a system prompt placed first")
+
+
+def _conversation(args: argparse.Namespace):
+    import engine
+    from engine.errors import InputError
+
+    if args.prompt is not None:
+        return engine.conversation(args.prompt, system=args.system)
+    try:
+        raw = json.loads(Path(args.conversation).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read a JSON conversation ({e})", source=args.conversation) from None
+    try:
+        return engine.conversation(raw, system=args.system)
+    except InputError as e:
+        raise InputError(e.reason, source=args.conversation, field=e.field) from None
+
+
+def read_candidates(path: str) -> list[str]:
+    from engine.errors import InputError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", source=path) from None
+    stripped = text.lstrip()
+    if p.suffix == ".json" or stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg})", source=path, line=e.lineno) from None
+        rows = list(enumerate(data, start=1)) if isinstance(data, list) else []
+        if not rows:
+            raise InputError("expected a non-empty JSON list of candidates", source=path)
+    elif p.suffix == ".jsonl":
+        from engine.jsonl import read_rows
+
+        rows = list(read_rows(path))
+    else:
+        lines = text.splitlines()
+        if any(line.strip() == "---" for line in lines):
+            blocks, cur = [], []
+            for line in lines:
+                if line.strip() == "---":
+                    blocks.append("\n".join(cur).strip("\n"))
+                    cur = []
+                else:
+                    cur.append(line)
+            blocks.append("\n".join(cur).strip("\n"))
+            return [b for b in blocks if b.strip()]
+        return [line for line in lines if line.strip()]
+    out = []
+    for n, row in rows:
+        value = row.get("response", row.get("text")) if isinstance(row, dict) else row
+        if not isinstance(value, str):
+            raise InputError("a candidate must be a string or an object with 'response'",
+                             source=path, line=n, field="response")
+        out.append(value)
+    return out
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from engine.jsonl import read_items
+
+    out_path = Path(args.output)
+    rows: deque[dict] = deque()
+
+    def items():
+        for _n, row, item in read_items(args.input):
+            rows.append(row)
+            yield item
+
+    n = cut = 0
+    bar = ProgressBar("scoring")
+    with load_model(args) as rm:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        # written next to the target and renamed at the end: a failed run leaves no half file
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar):
+                    row = rows.popleft()
+                    row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
+                               model=rm.info.name)
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    n += 1
+                    cut += s.cut_tokens > 0
+            os.replace(tmp, out_path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            bar.close()
+        info = rm.info
+    summary = {"rows": n, "rows_cut": cut, "output": str(out_path), "model": info.name,
+               "format": info.format, "dtype": info.dtype}
+    human = f"scored {n} rows with {info.name} ({info.format} {info.dtype}) -> {out_path}"
+    if cut:
+        human += f"\n{cut} rows had their conversation cut from the start to fit (see cut_tokens)"
+    emit(args, summary, human)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    conv = _conversation(args)
+    with load_model(args) as rm:
+        c = rm.compare(conv, args.a, args.b)
+        info = rm.info
+    data = {**c.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
+    star = {"A": ("*", " "), "B": (" ", "*"), "tie": (" ", " ")}[c.winner]
+    human = (f"{star[0]} A  {c.score_a.value:+.4f}\n{star[1]} B  {c.score_b.value:+.4f}\n"
+             f"margin (A-B) {c.margin:+.4f}   P(A better than B) = {c.p_a_better:.1%}\n"
+             f"model {info.name} ({info.format} {info.dtype})")
+    for label, s in (("A", c.score_a), ("B", c.score_b)):
+        if s.cut_tokens:
+            human += f"\nnote: {s.cut_tokens} conversation tokens cut from the start for {label}"
+    emit(args, data, human)
+    return 0
+
+
+def cmd_bon(args: argparse.Namespace) -> int:
+    conv = _conversation(args)
+    candidates = read_candidates(args.candidates)
+    with load_model(args) as rm:
+        r = rm.rank(conv, candidates)
+        info = rm.info
+    data = {**r.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
+    lines = [f"{'rank':>4}  {'score':>9}  {'P(best>this)':>12}  response"]
+    for k, c in enumerate(r.candidates, start=1):
+        preview = c.response.replace("\n", " ")
+        preview = preview[:60] + ("..." if len(preview) > 60 else "")
+        lines.append(f"{k:>4}  {c.score.value:+9.4f}  {c.p_best_vs_this:>12.1%}  [{c.index}] {preview}")
+    lines.append(f"best: candidate {r.best.index}   model {info.name} ({info.format} {info.dtype})")
+    emit(args, data, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run `arbiter`")
