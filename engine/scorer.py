@@ -26,7 +26,16 @@ import numpy as np
 
 from engine.encoding import Encoded, Encoder
 from engine.errors import Cancelled, InputError
-from engine.types import Comparison, Conversation, Item, ModelInfo, Ranking, Score, conversation, ranking_from_scores
+from engine.types import (
+    Comparison,
+    Conversation,
+    Item,
+    ModelInfo,
+    Ranking,
+    Score,
+    conversation,
+    ranking_from_scores,
+)
 
 Progress = Callable[[int, int | None], None]  # (items done, items in total or None when streaming)
 
@@ -90,7 +99,9 @@ class Scorer(ABC):
     encoder: Encoder
     #: items per forward pass; the backend may lower it for long inputs
     batch_size: int = 16
-    #: padding side used when batching (scores must not depend on it; tested)
+    #: padding side for decoders (their scores do not depend on it; tested). Cross-encoders
+    #: always pad right: BERT's absolute position embeddings make left padding shift
+    #: every position and change the score.
     padding_side: str = "right"
 
     # ---- what a backend implements ------------------------------------------------
@@ -98,7 +109,7 @@ class Scorer(ABC):
     def _forward(self, batch: Batch) -> np.ndarray:
         """One score per row, float64, shape [batch]."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most runtimes free on GC
         """Free runtime resources. Using the scorer afterwards is an error."""
 
     def __enter__(self) -> Scorer:
@@ -115,13 +126,14 @@ class Scorer(ABC):
                        cancel: CancelToken | None) -> list[float]:
         """Score encodings in length-sorted batches; returns scores in input order."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        side = self.padding_side if self.encoder.kind == "chat" else "right"
         out = [0.0] * len(encoded)
         for start in range(0, len(order), batch_size):
             if cancel:
                 cancel.raise_if_cancelled()
             rows = order[start:start + batch_size]
             values = self._forward(pad_batch([encoded[i] for i in rows], self.encoder.pad_token_id,
-                                             side=self.padding_side))
+                                             side=side))
             for i, v in zip(rows, values, strict=True):
                 out[i] = float(v)
         return out

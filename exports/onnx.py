@@ -12,6 +12,7 @@ The output folder holds one model: ``model.onnx`` (plus ``model.onnx_data`` abov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -33,10 +34,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("arbiter", "optimum", "optimum-onnx", "onnx", "onnxruntime", "transformers", "torch"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

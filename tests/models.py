@@ -70,8 +70,13 @@ def save_gguf_tokenizer(gguf_path: Path, out: Path) -> Path:
 def tiny_decoder(kind: str, out: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
     """A tiny random decoder reward model (2 layers, hidden 64) saved as safetensors."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, Qwen3Config
-    from transformers import LlamaForSequenceClassification, Qwen3ForSequenceClassification
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        Qwen3Config,
+        Qwen3ForSequenceClassification,
+    )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,0 +1,65 @@
+"""Fixtures: real tiny models built once per session, a private ARBITER_HOME per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a hub, ever
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def arbiter_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("ARBITER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(model_dir) -> Path:
+    from tests.models import save_gguf_tokenizer, smollm2_gguf
+
+    return save_gguf_tokenizer(smollm2_gguf(), model_dir / "smollm2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def hf_models(model_dir, chat_tokenizer) -> dict[str, Path]:
+    """HF folders: tiny Qwen3 and Llama reward models, and MiniLM as a cross-encoder."""
+    from tests.models import minilm_reward_model, tiny_decoder
+
+    return {
+        "qwen3": tiny_decoder("qwen3", model_dir / "qwen3", chat_tokenizer),
+        "llama": tiny_decoder("llama", model_dir / "llama", chat_tokenizer),
+        "minilm": minilm_reward_model(model_dir / "minilm"),
+    }
+
+
+@pytest.fixture(scope="session")
+def onnx_models(model_dir, hf_models) -> dict[tuple[str, str], Path]:
+    """(architecture, fp32|int8) -> exported ONNX folder."""
+    from exports.onnx import export_onnx
+
+    out = {}
+    for name, src in hf_models.items():
+        for quant in ("fp32", "int8"):
+            out[name, quant] = export_onnx(src, model_dir / f"{name}-onnx-{quant}",
+                                           quant=None if quant == "fp32" else quant)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA} (a user's clone has no ../shared)")
+    return SHARED_DATA
