@@ -48,7 +48,10 @@ class InputTooLongError(ArbiterError):
     """The response alone does not fit the model's context.
 
     Scoring a cut response would score a different text, so it is refused.
+    ``item_index`` is the 0-based position of the item in a scoring job, when known.
     """
+
+    item_index: int | None = None
 
 
 class Cancelled(ArbiterError):

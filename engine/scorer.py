@@ -25,7 +25,7 @@ from itertools import islice
 import numpy as np
 
 from engine.encoding import Encoded, Encoder
-from engine.errors import Cancelled, InputError
+from engine.errors import Cancelled, InputError, InputTooLongError
 from engine.types import (
     Comparison,
     Conversation,
@@ -161,7 +161,13 @@ class Scorer(ABC):
         while chunk := list(islice(it, window)):
             if cancel:
                 cancel.raise_if_cancelled()
-            encoded = [self.encode(_as_item(x)) for x in chunk]
+            encoded = []
+            for k, x in enumerate(chunk):
+                try:
+                    encoded.append(self.encode(_as_item(x)))
+                except InputTooLongError as e:
+                    e.item_index = done + k
+                    raise
             values = self._score_encoded(encoded, bs, cancel)
             for e, v in zip(encoded, values, strict=True):
                 yield Score(v, len(e.ids), e.cut_tokens)

@@ -95,3 +95,12 @@ def test_export_and_verify_commands(hf_models, tmp_path):
     assert meta["architecture"] == "BertForSequenceClassification" and len(meta["source_sha256"]) == 64
     bad = run("verify", str(out), "--reference", str(hf_models["qwen3"]), ok=False)
     assert bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+def test_over_long_response_names_its_line(onnx_models, tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = [{"prompt": "q", "response": "short"}] * 5 + [{"prompt": "q", "response": "word " * 600}]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    proc = run("score", "-m", str(onnx_models["minilm", "fp32"]), str(src), "-o", str(tmp_path / "o.jsonl"),
+               "--batch-size", "2", ok=False)
+    assert proc.returncode == 2 and f"{src}:6: field 'response'" in proc.stderr and "512" in proc.stderr

@@ -108,14 +108,15 @@ def read_candidates(path: str) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from engine.errors import InputTooLongError
     from engine.jsonl import read_items
 
     out_path = Path(args.output)
-    rows: deque[dict] = deque()
+    rows: deque[tuple[int, dict]] = deque()  # (line, row) read but not yet written
 
     def items():
-        for _n, row, item in read_items(args.input):
-            rows.append(row)
+        for line, row, item in read_items(args.input):
+            rows.append((line, row))
             yield item
 
     n = cut = 0
@@ -126,13 +127,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar):
-                    row = rows.popleft()
-                    row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
-                               model=rm.info.name)
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    n += 1
-                    cut += s.cut_tokens > 0
+                try:
+                    for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar):
+                        _line, row = rows.popleft()
+                        row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
+                                   model=rm.info.name)
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        n += 1
+                        cut += s.cut_tokens > 0
+                except InputTooLongError as e:
+                    line = rows[e.item_index - n][0] if e.item_index is not None else None
+                    raise InputTooLongError(f"{args.input}:{line}: field 'response': {e}") from None
             os.replace(tmp, out_path)
         except BaseException:
             os.unlink(tmp)

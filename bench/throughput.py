@@ -1,0 +1,145 @@
+"""Throughput: engine ONNX fp32/int8 vs HF transformers fp32 vs a bare ONNX Runtime loop.
+
+One model (all-MiniLM-L6-v2 as a one-label cross-encoder), one set of real
+mixed-length preference pairs (AlpacaEval GPT-4 test split from ../shared/data, or
+generated text when it is absent), everything measured in this one run:
+
+* HF fp32 eager: ``tokenizer(..., padding=True)`` + ``model(**batch)`` in input order,
+  batch 16, the way a user writes it;
+* bare ORT: ``InferenceSession.run`` over the engine's own padded batches (encoding
+  done beforehand, not timed): the floor the engine's overhead is measured against;
+* engine ONNX fp32 and int8: ``Scorer.score`` end to end (tokenizing included).
+
+Goals: engine int8 >= 4x HF fp32; engine fp32 within 10% of the bare loop.
+Run: ``.venv/bin/python bench/throughput.py [--pairs 128] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "alpacaeval-gpt4-prefs" / "test.jsonl.gz"
+
+
+def load_pairs(n: int, fits) -> tuple[list[tuple[str, str]], str]:
+    """(prompt, response) items: chosen and rejected of n real pairs whose responses fit."""
+    if DATA.is_file():
+        items = []
+        with gzip.open(DATA, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if not (fits(row["prompt"], row["chosen"]) and fits(row["prompt"], row["rejected"])):
+                    continue
+                items += [(row["prompt"], row["chosen"]), (row["prompt"], row["rejected"])]
+                if len(items) >= 2 * n:
+                    break
+        return items, f"{DATA.relative_to(ROOT.parent)} (first {n} pairs whose responses fit)"
+    import random
+
+    rng = random.Random(0)
+    words = ["the", "model", "answer", "question", "data", "reward", "score", "pair", "long", "short", "good", "bad", "clear"]
+    items = [(" ".join(rng.choices(words, k=rng.randint(5, 40))), " ".join(rng.choices(words, k=rng.randint(5, 300))))
+             for _ in range(2 * n)]
+    return items, f"generated text ({n} pairs; ../shared/data absent)"
+
+
+def timed(fn, repeat: int) -> float:
+    fn()  # warm-up (first-run allocations, lazy init)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    import engine
+    from engine.scorer import pad_batch
+    from engine.types import Item
+    from exports.onnx import export_onnx
+    from tests.models import minilm_reward_model
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hf_dir = minilm_reward_model(tmp / "hf")
+        fp32_dir = export_onnx(hf_dir, tmp / "fp32")
+        int8_dir = export_onnx(hf_dir, tmp / "int8", quant="int8")
+        opts = dict(threads=args.threads, batch_size=args.batch_size, max_length=args.max_length)
+        rm32, rm8 = engine.load(fp32_dir, **opts), engine.load(int8_dir, **opts)
+        tk = rm32.encoder.tokenizer
+        items, source = load_pairs(args.pairs, lambda p, r: len(tk.encode(p, r).ids) <= args.max_length)
+        eng_items = [Item.of(p, r) for p, r in items]
+        n_tokens = sum(len(rm32.encode(it).ids) for it in eng_items)
+
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        hf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+
+        def run_hf():
+            out = []
+            with torch.no_grad():
+                for i in range(0, len(items), args.batch_size):
+                    chunk = items[i:i + args.batch_size]
+                    enc = tok([p for p, _ in chunk], [r for _, r in chunk], padding=True, truncation="only_first",
+                              max_length=args.max_length, return_tensors="pt")
+                    out.append(hf(**enc).logits[:, 0])
+            return torch.cat(out)
+
+        encoded = [rm32.encode(it) for it in eng_items]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        batches = [rm32._feeds(pad_batch([encoded[i] for i in order[s:s + args.batch_size]], rm32.encoder.pad_token_id))
+                   for s in range(0, len(order), args.batch_size)]
+        session = rm32.session
+
+        def run_bare():
+            return [session.run(None, feeds) for feeds in batches]
+
+        results = {
+            "HF transformers fp32 (eager)": timed(run_hf, args.repeat),
+            "bare InferenceSession.run fp32": timed(run_bare, args.repeat),
+            "engine ONNX fp32": timed(lambda: rm32.score(eng_items), args.repeat),
+            "engine ONNX int8": timed(lambda: rm8.score(eng_items), args.repeat),
+        }
+        # the same scores, or the comparison means nothing
+        hf_scores = run_hf().numpy()
+        eng_scores = np.array([s.value for s in rm32.score(eng_items)])
+        agree = float(np.mean(np.abs(hf_scores - eng_scores) < 1e-3))
+
+    n_pairs = len(items) / 2
+    hf_t = results["HF transformers fp32 (eager)"]
+    print(f"model: all-MiniLM-L6-v2 cross-encoder (22.7M params); data: {source}")
+    print(f"{len(items)} items, {n_tokens} tokens, batch {args.batch_size}, {args.threads} threads, "
+          f"best of {args.repeat}; engine fp32 == HF on {agree:.0%} of items (|diff| < 1e-3)\n")
+    print(f"{'runtime':<34} {'seconds':>8} {'pairs/s':>9} {'vs HF fp32':>11}")
+    for name, t in results.items():
+        print(f"{name:<34} {t:>8.2f} {n_pairs / t:>9.1f} {hf_t / t:>10.2f}x")
+    overhead = results["engine ONNX fp32"] / results["bare InferenceSession.run fp32"] - 1
+    int8_ratio = hf_t / results["engine ONNX int8"]
+    print(f"\nengine overhead over the bare session: {overhead:+.1%} (goal <= +10%)")
+    print(f"engine int8 vs HF fp32: {int8_ratio:.2f}x (goal >= 4x)")
+
+
+if __name__ == "__main__":
+    main()
