@@ -16,6 +16,7 @@ override :meth:`Scorer._score_shared_prompt`.
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -147,10 +148,13 @@ class Scorer(ABC):
         cancel: CancelToken | None = None,
         total: int | None = None,
         window: int | None = None,
+        on_too_long: str = "error",
     ) -> Iterator[Score]:
         """Score items lazily, in input order. Memory is bounded by ``window`` items.
 
         ``total`` is only passed on to ``progress`` (for a bar over a stream).
+        ``on_too_long``: ``"error"`` raises :class:`InputTooLongError` for a response that
+        alone exceeds the context; ``"skip"`` yields a NaN score with ``skipped`` set.
         """
         bs = batch_size or self.batch_size
         window = window or bs * 16
@@ -161,16 +165,22 @@ class Scorer(ABC):
         while chunk := list(islice(it, window)):
             if cancel:
                 cancel.raise_if_cancelled()
-            encoded = []
+            encoded: list[Encoded | InputTooLongError] = []
             for k, x in enumerate(chunk):
                 try:
                     encoded.append(self.encode(_as_item(x)))
                 except InputTooLongError as e:
                     e.item_index = done + k
-                    raise
-            values = self._score_encoded(encoded, bs, cancel)
-            for e, v in zip(encoded, values, strict=True):
-                yield Score(v, len(e.ids), e.cut_tokens)
+                    if on_too_long != "skip":
+                        raise
+                    encoded.append(e)
+            ok = [e for e in encoded if isinstance(e, Encoded)]
+            values = iter(self._score_encoded(ok, bs, cancel))
+            for e in encoded:
+                if isinstance(e, Encoded):
+                    yield Score(next(values), len(e.ids), e.cut_tokens)
+                else:
+                    yield Score(math.nan, 0, 0, skipped=str(e))
             done += len(chunk)
             if progress:
                 progress(done, total)

@@ -105,6 +105,8 @@ class Score:
     value: float
     n_tokens: int
     cut_tokens: int = 0
+    #: why the item was not scored (value is NaN); only with ``on_too_long="skip"``
+    skipped: str | None = None
 
     def __float__(self) -> float:
         return self.value

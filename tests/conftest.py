@@ -11,8 +11,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a hub, ever
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(autouse=True)
 def arbiter_home(tmp_path, monkeypatch) -> Path:
@@ -56,10 +54,3 @@ def onnx_models(model_dir, hf_models) -> dict[tuple[str, str], Path]:
             out[name, quant] = export_onnx(src, model_dir / f"{name}-onnx-{quant}",
                                            quant=None if quant == "fp32" else quant)
     return out
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not present at {SHARED_DATA} (a user's clone has no ../shared)")
-    return SHARED_DATA

@@ -104,3 +104,11 @@ def test_over_long_response_names_its_line(onnx_models, tmp_path):
     proc = run("score", "-m", str(onnx_models["minilm", "fp32"]), str(src), "-o", str(tmp_path / "o.jsonl"),
                "--batch-size", "2", ok=False)
     assert proc.returncode == 2 and f"{src}:6: field 'response'" in proc.stderr and "512" in proc.stderr
+
+    out = tmp_path / "skip.jsonl"
+    summary = json.loads(run("score", "-m", str(onnx_models["minilm", "fp32"]), str(src), "-o", str(out),
+                             "--on-too-long", "skip", "--json").stdout)
+    assert summary["rows"] == 6 and summary["rows_skipped"] == 1
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert got[-1]["score"] is None and "512" in got[-1]["skipped"]
+    assert all(isinstance(g["score"], float) for g in got[:5])

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="JSONL: {conversation|prompt, response} per line; '-' for stdin")
     p.add_argument("-o", "--output", required=True, help="JSONL out: each row plus score fields")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--on-too-long", choices=["error", "skip"], default="error",
+                   help="a response longer than the model's context: stop with an error naming "
+                        "its line (default), or write the row with score null and the reason")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("compare", help="score two responses: margin and P(A better than B)")
@@ -119,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             rows.append((line, row))
             yield item
 
-    n = cut = 0
+    n = cut = skipped = 0
     bar = ProgressBar("scoring")
     with load_model(args) as rm:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +131,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 try:
-                    for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar):
+                    for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar,
+                                            on_too_long=args.on_too_long):
                         _line, row = rows.popleft()
+                        if s.skipped:
+                            skipped += 1
+                            row.update(score=None, skipped=s.skipped, model=rm.info.name)
+                            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                            n += 1
+                            continue
                         row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
                                    model=rm.info.name)
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -145,11 +155,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         info = rm.info
-    summary = {"rows": n, "rows_cut": cut, "output": str(out_path), "model": info.name,
+    summary = {"rows": n, "rows_cut": cut, "rows_skipped": skipped, "output": str(out_path), "model": info.name,
                "format": info.format, "dtype": info.dtype}
     human = f"scored {n} rows with {info.name} ({info.format} {info.dtype}) -> {out_path}"
     if cut:
         human += f"\n{cut} rows had their conversation cut from the start to fit (see cut_tokens)"
+    if skipped:
+        human += f"\n{skipped} rows not scored: the response alone exceeds the context (score null)"
     emit(args, summary, human)
     return 0
 
