@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from engine.errors import InputTooLongError, ModelError
 from engine.templates import ChatTemplate, conversation_as_text
-from engine.types import Item
+from engine.types import Item, Message
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -148,8 +148,6 @@ class Encoder:
     def render(self, item: Item) -> str:
         """The exact text the model reads (no special-token removal besides a doubled BOS)."""
         assert self.template is not None
-        from engine.types import Message
-
         text = self.template.render((*item.conversation, Message("assistant", item.response)),
                                     add_generation_prompt=False)
         return self._no_bos(text)

@@ -39,9 +39,13 @@ def item_from_row(row: Any) -> Item:
     return Item.of(conv, row["response"])
 
 
+def _source_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, parsed object) for every non-blank line; '-' reads standard input."""
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = _source_name(path)
     f = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     try:
         for n, line in enumerate(f, start=1):
@@ -58,7 +62,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_items(path: str | Path) -> Iterator[tuple[int, dict[str, Any], Item]]:
     """(line number, raw row, Item) for every row; the first bad row raises InputError."""
-    name = "<stdin>" if str(path) == "-" else str(path)
+    name = _source_name(path)
     for n, row in read_rows(path):
         try:
             yield n, row, item_from_row(row)

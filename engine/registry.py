@@ -62,15 +62,9 @@ class Entry:
 def default_model_path() -> Path | None:
     """The built-in default model's folder, when the package ships one."""
     root = builtin_dir() / "default"
-    for candidate in (root / "onnx", root / "gguf"):
-        if candidate.exists():
-            if candidate.is_dir() and not any(candidate.glob("*.onnx")):
-                ggufs = sorted(candidate.glob("*.gguf"))
-                if ggufs:
-                    return ggufs[0]
-                continue
-            return candidate
-    return None
+    if any((root / "onnx").glob("*.onnx")):
+        return root / "onnx"
+    return next(iter(sorted((root / "gguf").glob("*.gguf"))), None)
 
 
 def _no_default() -> ModelError:

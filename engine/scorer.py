@@ -98,7 +98,7 @@ class Scorer(ABC):
 
     info: ModelInfo
     encoder: Encoder
-    #: items per forward pass; the backend may lower it for long inputs
+    #: items per forward pass
     batch_size: int = 16
     #: padding side for decoders (their scores do not depend on it; tested). Cross-encoders
     #: always pad right: BERT's absolute position embeddings make left padding shift
@@ -210,7 +210,7 @@ class Scorer(ABC):
     def compare(self, conv: Conversation | Sequence | str, a: str, b: str, *,
                 shared_prompt: bool | None = None) -> Comparison:
         """Score two responses to one conversation: margin and P(A better than B)."""
-        conv = conversation(conv) if not _is_conversation(conv) else conv
+        conv = conversation(conv)
         (sa, sb), shared = self._score_candidates(conv, [a, b], shared_prompt)
         return Comparison(sa, sb, prompt_shared=shared)
 
@@ -219,12 +219,7 @@ class Scorer(ABC):
         """Best-of-N: candidates with their scores, best first (ties keep input order)."""
         if not candidates:
             raise InputError("rank needs at least one candidate", field="candidates")
-        conv = conversation(conv) if not _is_conversation(conv) else conv
+        conv = conversation(conv)
         scores, shared = self._score_candidates(conv, list(candidates), shared_prompt)
         return ranking_from_scores(list(candidates), scores, prompt_shared=shared)
 
-
-def _is_conversation(x: object) -> bool:
-    from engine.types import Message
-
-    return isinstance(x, tuple) and all(isinstance(m, Message) for m in x) and len(x) > 0

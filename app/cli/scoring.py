@@ -135,16 +135,14 @@ def cmd_score(args: argparse.Namespace) -> int:
                                             on_too_long=args.on_too_long):
                         _line, row = rows.popleft()
                         if s.skipped:
-                            skipped += 1
                             row.update(score=None, skipped=s.skipped, model=rm.info.name)
-                            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                            n += 1
-                            continue
-                        row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
-                                   model=rm.info.name)
+                        else:
+                            row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
+                                       model=rm.info.name)
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
                         n += 1
                         cut += s.cut_tokens > 0
+                        skipped += s.skipped is not None
                 except InputTooLongError as e:
                     line = rows[e.item_index - n][0] if e.item_index is not None else None
                     raise InputTooLongError(f"{args.input}:{line}: field 'response': {e}") from None
