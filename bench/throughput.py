@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--decoder-pairs", type=int, default=32, help="0 skips the decoder part")
     ap.add_argument("--skip-encoder", action="store_true")
     ap.add_argument("--work", type=Path, default=None, help="reuse bench/bon.py's --work folder")
+    ap.add_argument("--llama-modes", action="store_true",
+                    help="decoder part: also time llama.cpp's generative-mode alternatives (bench/llama_modes.py)")
     args = ap.parse_args()
     if not args.skip_encoder:
         encoder_part(args)
@@ -134,6 +136,11 @@ def decoder_part(args: argparse.Namespace) -> None:
         hf_scores = run_hf()
         q8_scores = np.array([s.value for s in rm.score(eng_items)])
         corr = float(np.corrcoef(hf_scores, q8_scores)[0, 1])
+        modes = {}
+        if args.llama_modes:
+            from bench.llama_modes import time_modes
+
+            modes = time_modes(rm, [rm._tokens(e) for e in encoded], args.threads, repeat)
     print(f"\nmodel: SmolLM2-135M reward model (real body, random head); data: {source}")
     print(f"{len(eng_items)} items, {n_tokens} tokens (chat template, <= {args.max_length}), "
           f"{args.threads} threads, best of {repeat}; q8_0 vs HF score correlation {corr:.4f}\n")
@@ -141,6 +148,10 @@ def decoder_part(args: argparse.Namespace) -> None:
     for name, t in (("HF transformers fp32 (eager)", t_hf), ("engine GGUF q8_0 (llama.cpp)", t_q8)):
         print(f"{name:<34} {t:>8.2f} {len(eng_items) / t:>9.1f} {t_hf / t:>10.2f}x")
     print(f"\nengine GGUF q8_0 vs HF fp32: {t_hf / t_q8:.2f}x (goal >= 3x)")
+    if modes:
+        print(f"\nllama.cpp ways to run the same q8_0 file (timing only), same {n_tokens} tokens:")
+        for name, t in modes.items():
+            print(f"{name:<50} {t:>8.2f} s {len(eng_items) / t:>7.2f} items/s {t_hf / t:>6.2f}x HF fp32")
 
 
 def encoder_part(args: argparse.Namespace) -> None:

@@ -228,3 +228,30 @@ def test_cli_export_gguf_verify_and_bon(hf_models, tmp_path, capsys):
     full = json.loads(capsys.readouterr().out)
     assert full["prompt_shared"] is False
     assert [c["index"] for c in full["ranking"]] == [c["index"] for c in bon["ranking"]]
+
+
+def test_fast_cpu_kernels_are_probed_in_a_child_and_the_answer_cached(gguf_models, arbiter_home, monkeypatch):
+    """The probe's answer is what the child process really did; a crash there leaves this process whole."""
+    import subprocess
+    import sys
+
+    from engine.backends import gguf_probe
+
+    q8 = gguf_models["qwen3", "q8_0"]
+    child = subprocess.run([sys.executable, "-m", "engine.backends.gguf_probe", str(q8)], capture_output=True)
+    gguf_probe._memo.clear()
+    ok = gguf_probe.extra_bufts_allowed(q8, 7)
+    assert ok == (child.returncode == 0)  # on the dev VM: SIGSEGV in the AMX kernel -> False
+    cache = arbiter_home / "gguf-probe.json"
+    entry = json.loads(cache.read_text())[gguf_probe.cache_key(7)]
+    assert entry["ok"] == ok and entry["file_type"] == "7"
+    stamp = cache.stat().st_mtime_ns
+    gguf_probe._memo.clear()
+    assert gguf_probe.extra_bufts_allowed(q8, 7) == ok and cache.stat().st_mtime_ns == stamp  # read, not re-run
+    assert gguf_probe.extra_bufts_allowed(gguf_models["qwen3", "f16"], 1) is False  # float: nothing to gain
+    monkeypatch.setenv(gguf_probe.ENV, "0")
+    assert gguf_probe.extra_bufts_allowed(q8, 7) is False
+    # whatever the probe said, the model loads and scores in this process
+    monkeypatch.delenv(gguf_probe.ENV)
+    with engine.load(q8) as rm:
+        assert np.isfinite(rm.score([Item.of("Hi", "Hello there.")])[0].value)

@@ -245,3 +245,34 @@ def test_gguf_base_builds_a_sequence_classifier(tmp_path):
     with torch.no_grad():
         r = base.model(**b.model_inputs("cpu")).logits[:, 0]
     assert r.shape == (2,) and torch.isfinite(r).all() and r[0] != r[1]
+
+
+def test_length_balanced_accuracy_scores_longer_wins_at_one_half():
+    """On a set where 70% of chosen answers are longer, "longer wins" gets 0.7 plain, 0.5 balanced."""
+    from trainer.bt.metrics import pair_metrics
+
+    longer = [True] * 7 + [False] * 3
+    # the "longer wins" model: the longer answer gets the higher reward
+    rc = [1.0 if cl else 0.0 for cl in longer]
+    rr = [0.0 if cl else 1.0 for cl in longer]
+    m = pair_metrics(rc, rr, longer)
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert (m["accuracy_chosen_longer"], m["accuracy_chosen_shorter"]) == (1.0, 0.0)
+    assert m["accuracy_length_balanced"] == pytest.approx(0.5)
+    # no chosen-shorter pairs at all: the balanced metric falls back to plain accuracy
+    assert pair_metrics([1.0, 0.0], [0.0, 1.0], [True, True])["accuracy_length_balanced"] == 0.5
+    with pytest.raises(InputError, match="select_on"):
+        TrainConfig(select_on="loss")
+
+
+def test_best_checkpoint_follows_the_chosen_gold_metric(hf_models, tmp_path, arbiter_home):
+    from engine.store import Store
+    from trainer.bt.runlog import RunLog
+
+    res = _decoder_run(hf_models["llama"], tmp_path / "run", 8, select_on="length_balanced")
+    gold = {r["step"]: r for r in RunLog(Store.default(), res.run_id).rows("gold")}
+    assert sorted(gold) == [2, 4, 6, 8]
+    best = max(gold, key=lambda s: (gold[s]["accuracy_length_balanced"], -s))  # the first of equals
+    assert res.best_step == best
+    saved = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
+    assert saved["best_step"] == best and saved["config"]["select_on"] == "length_balanced"

@@ -14,6 +14,7 @@ from engine.errors import InputError
 from trainer.data import load, pair, read_pairs, write_pairs
 from trainer.data.hygiene import HygieneReport, clean
 from trainer.data.importers import ImportReport, detect_format
+from trainer.data.record import PreferencePair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,3 +220,30 @@ def test_real_decontamination_against_benchmarks(shared_data):
     kept = sum(1 for _ in clean(src, benchmarks=[shared_data / "rm-bench/chat_filtered.json"], report=report))
     assert report.removed["contaminated"] > 0 and kept + sum(report.removed.values()) == 1600
     assert report.benchmarks[str(shared_data / "rm-bench/chat_filtered.json")] == 129
+
+
+def test_synthetic_negatives_make_the_longer_answer_the_worse_one():
+    import random
+
+    from trainer.data import negatives
+
+    real = [pair(f"Question number {i} about topic {i}?", f"Short answer {i}." + " word" * (i % 7),
+                 "rejected", id=f"r{i}", label_origin="human") for i in range(30)]
+    off = negatives.off_topic(real, 12, random.Random(0))
+    assert len(off) == 12
+    by_id = {p.id: p for p in real}
+    for p in off:
+        a, b = by_id[p.attributes["chosen_from"]], by_id[p.attributes["rejected_from"]]
+        assert p.conversation == a.conversation and p.chosen == a.chosen  # a real answer to this prompt
+        assert p.rejected == b.chosen and b.conversation != a.conversation  # another prompt's answer
+        assert p.chosen_longer is False and p.label_origin == "synthetic" and p.source == "synthetic/off-topic"
+    assert [p.id for p in off] == [p.id for p in negatives.off_topic(real, 12, random.Random(0))]  # seeded
+    pad = negatives.padded(real, 10, random.Random(1))
+    assert 0 < len(pad) <= 10
+    for p in pad:
+        extra = by_id[p.attributes["rejected_from"]].chosen
+        assert p.rejected.startswith(p.chosen) and p.rejected.endswith(extra.strip())
+        assert p.chosen_longer is False
+    # round trip through the JSONL record keeps the origin
+    assert PreferencePair.from_dict(off[0].to_dict()).label_origin == "synthetic"
+    assert negatives.off_topic(real[:1], 5, random.Random(0)) == []  # nobody to borrow from

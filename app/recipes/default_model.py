@@ -58,6 +58,7 @@ def minilm_dir() -> Path:
 
 def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
     """Import, clean, split and sample; writes train.jsonl and gold.jsonl; returns the report."""
+    from trainer.data import negatives
     from trainer.data.hygiene import Decontaminator, HygieneReport, clean
     from trainer.data.importers import load
     from trainer.data.record import write_pairs
@@ -85,13 +86,18 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
     silver = cleaned(data / "alpacaeval-gpt4-prefs" / "train.jsonl.gz", "alpacaeval")
     rng.shuffle(silver)
 
-    # the budget: human helpfulness first, then a safety share, then balanced silver
+    # the budget: every human helpfulness pair, a safety share, synthetic pairs whose longer
+    # answer is the worse one, every chosen-shorter silver pair, and chosen-longer silver to fill
     n_human = min(len(human_train), int(pairs * 0.6))
     n_safety = min(len(safety), int(pairs * 0.15))
-    n_silver = max(0, pairs - n_human - n_safety)
-    longer = [p for p in silver if p.chosen_longer is True][: n_silver // 2]
-    shorter = [p for p in silver if p.chosen_longer is False][: n_silver - len(longer)]
-    train = human_train[:n_human] + safety[:n_safety] + longer + shorter
+    donors = human_train + silver
+    synth = (negatives.off_topic(donors, int(pairs * 0.15), rng)
+             + negatives.padded(donors, int(pairs * 0.08), rng))
+    synth = list(clean(synth, report=report, decontaminator=decon))
+    shorter = [p for p in silver if p.chosen_longer is False]
+    n_longer = max(0, pairs - n_human - n_safety - len(synth) - len(shorter))
+    longer = [p for p in silver if p.chosen_longer is True][:n_longer]
+    train = human_train[:n_human] + safety[:n_safety] + synth + longer + shorter
     rng.shuffle(train)
     work.mkdir(parents=True, exist_ok=True)
     write_pairs(train, work / "train.jsonl")
@@ -104,6 +110,8 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
     return {
         "train_pairs": len(train), "gold_pairs": len(gold),
         "mix": {"human helpfulness (PandaLM, OASST)": n_human, "human harmlessness (hh-rlhf)": n_safety,
+                "synthetic: off-topic longer answer rejected": sum(p.source == "synthetic/off-topic" for p in synth),
+                "synthetic: answer + irrelevant paragraph rejected": sum(p.source == "synthetic/padded" for p in synth),
                 "AlpacaEval GPT-4, chosen longer": len(longer), "AlpacaEval GPT-4, chosen shorter": len(shorter)},
         "chosen_longer_share": {"train": share_longer(train), "gold": share_longer(gold)},
         "hygiene": report.to_dict() if hasattr(report, "to_dict") else str(report),
@@ -115,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
-    ap.add_argument("--pairs", type=int, default=6000, help="training pairs (the time budget)")
+    ap.add_argument("--pairs", type=int, default=7000, help="training pairs before length balancing (the time budget)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (linear warmup and decay)")
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
     args = ap.parse_args(argv)
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "hygiene"}, indent=2), flush=True)
     cfg = TrainConfig(max_length=args.max_length, lr=args.lr, schedule="linear", warmup_steps=20,
                       global_batch=32, per_device_batch=16, length_balance=True, token_types="zeros",
+                      select_on="length_balanced",
                       threads=2, precision="fp32", eval_every=25, log_every=5, epochs=args.epochs, seed=args.seed)
     run = args.work / "run"
     if not args.skip_train:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.backends.gguf_probe import extra_bufts_allowed
 from engine.encoding import Encoded, Encoder, PairLayout, TokenizerFiles
 from engine.errors import ModelError, ProviderFallbackWarning
 from engine.files import file_info
@@ -192,10 +193,10 @@ class GgufScorer(Scorer):
         ll = self.llama = _llama()
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = _gpu_layers(device, ll)
-        # The CPU "repack" buffers (interleaved q4/q8 layouts) crash this llama.cpp build on
-        # AVX2 with any quantized model, even the high-level Llama(): measured here, see
-        # tests/test_gguf.py::test_quantized_models_decode. Off until an upstream fix.
-        mp.use_extra_bufts = False
+        # llama.cpp's extra CPU buffers (AMX tiles, repacked q4/q8 layouts) are its fast quantized
+        # kernels, but a build can carry kernels this machine cannot run (an AMX build in a VM
+        # without AMX-INT8 segfaults): a child process tries them once per build, CPU and type.
+        mp.use_extra_bufts = extra_bufts_allowed(path, meta.get("general.file_type", "?"))
         self.model = ll.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelError(f"{path}: llama.cpp could not load this model (run with -v for its log); "

@@ -25,6 +25,7 @@ class TrainConfig:
     max_length: int = 512  # tokens per (conversation, response); the conversation is cut from its start
     length_balance: bool = False  # each epoch: equal shares of chosen-longer and chosen-shorter pairs
     length_grouped: bool = True  # batch pairs of similar length together (less padding, CPU time)
+    packing: bool = False  # padding-free: sequences end to end in rows of max_length (trainer/bt/packing.py)
     token_types: Literal["zeros", "segment"] = "zeros"  # cross-encoders: zeros agree with GGUF/ONNX
     margin_field: str | None = None  # attributes[margin_field] is a per-pair target margin
     # optimisation
@@ -42,6 +43,9 @@ class TrainConfig:
     eval_every: int = 50  # optimizer steps between gold evaluations (and resumable checkpoints)
     log_every: int = 10  # optimizer steps between log rows
     eval_batch: int = 32  # pairs per forward pass when evaluating
+    # the gold metric that picks the best checkpoint: "accuracy" (the paper's), or
+    # "length_balanced" (mean of chosen-longer and chosen-shorter accuracy; "longer wins" = 0.5)
+    select_on: Literal["accuracy", "length_balanced"] = "accuracy"
     # runtime
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     gradient_checkpointing: bool = False
@@ -69,8 +73,15 @@ class TrainConfig:
             raise bad("precision", "must be auto, fp32, bf16 or fp64")
         if self.token_types not in ("zeros", "segment"):
             raise bad("token_types", "must be 'zeros' or 'segment'")
+        if self.select_on not in ("accuracy", "length_balanced"):
+            raise bad("select_on", "must be 'accuracy' or 'length_balanced'")
         if self.lr <= 0 or self.eval_every < 1 or self.log_every < 1:
             raise bad("lr", "lr, eval_every and log_every must be positive")
+
+    @property
+    def select_metric(self) -> str:
+        """The key of the gold metrics dict that ``select_on`` names."""
+        return "accuracy" if self.select_on == "accuracy" else "accuracy_length_balanced"
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per process per optimizer step."""

@@ -3,6 +3,9 @@
 The length-bias diagnostic splits accuracy by whether the chosen response is the
 longer one (characters). A model that learned "longer wins" scores high on the
 first and low on the second; an unbiased one scores about the same on both.
+``accuracy_length_balanced`` is the mean of the two: on it, "longer wins" scores 0.5
+whatever share of the set has the longer answer chosen, so selecting checkpoints on it
+does not reward the bias (plain accuracy does, when most gold pairs are chosen-longer).
 """
 
 from __future__ import annotations
@@ -37,4 +40,6 @@ def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float],
         sel = [g for g, cl in zip(gaps, chosen_longer, strict=True) if cl is want]
         out[f"n_{name}"] = len(sel)
         out[f"accuracy_{name}"] = sum(g > 0 for g in sel) / len(sel) if sel else None
+    split = (out["accuracy_chosen_longer"], out["accuracy_chosen_shorter"])
+    out["accuracy_length_balanced"] = sum(split) / 2 if None not in split else out["accuracy"]
     return out

@@ -20,7 +20,8 @@ LOG_COLUMNS = {
     "run_id": str, "step": int, "kind": str, "time": float, "pairs": int, "loss": float,
     "accuracy": float, "margin": float, "reward_mean": float, "reward_std": float,
     "chosen_mean": float, "rejected_mean": float, "accuracy_chosen_longer": float,
-    "accuracy_chosen_shorter": float, "n_chosen_longer": int, "n_chosen_shorter": int,
+    "accuracy_chosen_shorter": float, "accuracy_length_balanced": float, "n_chosen_longer": int,
+    "n_chosen_shorter": int,
     "lr": float, "pairs_per_s": float, "tokens_per_s": float,
 }
 
@@ -37,6 +38,11 @@ def migrate(store: Store) -> None:
         if "train_log" not in db.table_names():
             db["train_log"].create(LOG_COLUMNS)
             db["train_log"].create_index(["run_id", "step"])
+        else:  # a store made by an older Arbiter: add the columns it lacks
+            have = db["train_log"].columns_dict
+            for name, kind in LOG_COLUMNS.items():
+                if name not in have:
+                    db["train_log"].add_column(name, kind)
 
 
 class RunLog:

@@ -12,7 +12,8 @@ Runbook::
     accelerate launch --config_file trainer/configs/fsdp.yaml -m app.cli.main train ...
 
 Every ``eval_every`` optimizer steps the gold (human-labelled) set is scored; the best
-model by gold accuracy is kept in ``OUT/best`` (the paper's checkpoint selection) and
+model by gold accuracy (the paper's checkpoint selection; ``select_on: length_balanced``
+picks on the mean of chosen-longer and chosen-shorter accuracy instead) is kept in ``OUT/best`` and
 a resumable checkpoint in ``OUT/last``. ``resume=True`` continues from ``OUT/last``
 and reaches the same weights an uninterrupted run reaches.
 """
@@ -43,6 +44,7 @@ from trainer.bt.config import TrainConfig
 from trainer.bt.loss import bt_loss
 from trainer.bt.metrics import pair_metrics
 from trainer.bt.model import Base, load_base, resolve_precision, save_reward_model
+from trainer.bt.packing import PackedBatch, pack, packed_rewards
 from trainer.bt.runlog import RunLog
 from trainer.data.record import PreferencePair
 
@@ -62,8 +64,9 @@ class TrainResult:
 
 
 def _rewards(model: Any, batch: Any, device: Any) -> torch.Tensor:
-    logits = model(**batch.model_inputs(device)).logits[:, 0]
-    return logits
+    if isinstance(batch, PackedBatch):
+        return packed_rewards(model, batch, device)
+    return model(**batch.model_inputs(device)).logits[:, 0]
 
 
 def evaluate(model: Any, data: EncodedPairs, pad_id: int, cfg: TrainConfig, accelerator: Any) -> dict[str, Any]:
@@ -155,7 +158,8 @@ def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: I
             order, order_epoch = epoch_order(data, cfg, epoch), epoch
         step_rows: list[tuple[float, float, float, bool | None]] = []
         for idx in micro_batches(order[k], data, cfg.per_device_batch, rank, world):
-            batch = collate(idx, data, pad_id)
+            batch = (pack(idx, data, pad_id, cfg.max_length, causal=b.kind == "chat") if cfg.packing
+                     else collate(idx, data, pad_id))
             with accelerator.accumulate(model):
                 r = _rewards(model, batch, accelerator.device)
                 rc, rr = r[: batch.pairs], r[batch.pairs:]
@@ -209,13 +213,14 @@ def _longer_share(flags: list[bool | None]) -> float | None:
 def _eval_and_save(model: Any, b: Base, gold: EncodedPairs, cfg: TrainConfig, accelerator: Any,
                    optimizer: Any, out: Path, step: int, trainer_state: dict[str, Any],
                    runlog: RunLog | None, data_info: dict[str, Any], pad_id: int) -> dict[str, Any] | None:
-    """Score gold, keep the best model by gold accuracy, write the resumable checkpoint."""
+    """Score gold, keep the best model by the gold metric ``cfg.select_on`` names, write the resumable checkpoint."""
     main = accelerator.is_main_process
     metrics = evaluate(model, gold, pad_id, cfg, accelerator) if len(gold) else None
     full_sd = accelerator.get_state_dict(model)  # a collective under ZeRO-3/FSDP: every process calls it
     unwrapped = accelerator.unwrap_model(model)
     best = trainer_state["best_gold"]
-    improved = metrics is not None and (best is None or metrics["accuracy"] > best["accuracy"])
+    key = cfg.select_metric
+    improved = metrics is not None and (best is None or metrics[key] > best.get(key, best["accuracy"]))
     if metrics is None and best is None:
         improved = True  # no gold set: the last model is the one kept
     if improved:

@@ -25,8 +25,9 @@ from engine.errors import InputError
 from engine.jsonl import read_rows
 from engine.types import Conversation, Message, conversation
 
-LabelOrigin = Literal["human", "llm", "model", "unknown"]
-ORIGINS: tuple[str, ...] = ("human", "llm", "model", "unknown")
+#: who decided: people, an LLM judge, a reward model, or a rule (synthetic negatives)
+LabelOrigin = Literal["human", "llm", "model", "synthetic", "unknown"]
+ORIGINS: tuple[str, ...] = ("human", "llm", "model", "synthetic", "unknown")
 
 
 @dataclass(frozen=True, slots=True)
