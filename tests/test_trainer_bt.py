@@ -238,6 +238,8 @@ def test_gguf_base_builds_a_sequence_classifier(tmp_path):
     from trainer.bt.model import load_base
 
     base = load_base(smollm2_gguf(), TrainConfig(max_length=64), work_dir=tmp_path)
+    # the folder carries the GGUF's context length (8192), not the 512 readers assume without one
+    assert TokenizerFiles.from_folder(base.tokenizer_dir).max_length == 8192
     assert type(base.model).__name__ == "LlamaForSequenceClassification" and base.kind == "chat"
     assert (tmp_path / "gguf-tokenizer" / "tokenizer.json").is_file()
     data = encode_pairs([pair("Name a prime.", "7", "8")], base.encoder)

@@ -68,6 +68,10 @@ def save_tokenizer(gguf_path: Path, out: Path) -> Path:
     tokens = fields["tokens"]
     specials = {k: tokens[fields[f"{k}_id"]] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
                 if f"{k}_id" in fields}
+    # the model's context length: without it the folder says nothing, and readers fall back to 512
+    context = _field(reader, f"{arch}.context_length")
+    if isinstance(context, int) and context > 0:
+        extra = {**extra, "model_max_length": context}
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=_field(reader, "tokenizer.chat_template"),
                                   **{**specials, **extra})
     tok.save_pretrained(out)
