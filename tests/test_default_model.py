@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(DEFAULT is None, reason="this build ships no def
 
 #: canonical scores (fastembed style) of the default (GGUF q8_0), each item scored alone
 PINNED = [
-    ("What is the capital of France?", "The capital of France is Paris.", -0.0483),
-    ("What is the capital of France?", "I don't know, maybe Berlin.", 0.0067),
-    ("How do I make my code faster?", "Profile it first, then optimise the hot loop you find.", 0.0708),
-    ("Write a haiku about rain.", "no", -0.0041),
+    ("What is the capital of France?", "The capital of France is Paris.", 0.1975),
+    ("What is the capital of France?", "I don't know, maybe Berlin.", -0.0208),
+    ("How do I make my code faster?", "Profile it first, then optimise the hot loop you find.", -0.2218),
+    ("Write a haiku about rain.", "no", -0.1828),
 ]
 
 
@@ -50,8 +50,8 @@ def test_gguf_and_onnx_files_agree():
         b = np.array([s.value for s in gguf.score(items)])
     same = np.mean([np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]) for i, j in pairs])
     # The same model within quantization noise. ONNX int8's noise (0.025) is large next to this
-    # model's small score gaps: it agrees with torch on 83% of pairs (MODEL_CARD.md), GGUF on
-    # 98%; measured here against each other: 85%, max |diff| 0.03.
+    # model's small score gaps: it agrees with torch on 92% of pairs (MODEL_CARD.md), GGUF on
+    # 97%.
     assert same >= 0.8 and np.abs(a - b).max() <= 0.1, (same, np.abs(a - b).max())
 
 

@@ -91,7 +91,10 @@ def pack(indices: list[int], data: Any, pad_id: int, capacity: int, *, causal: b
         ids[r, o:o + n] = torch.from_numpy(s.astype(np.int64))
         pos[r, o:o + n] = torch.arange(n)
         seg[r, o:o + n] = k + 1
-        pool_row[k], pool_col[k] = r, (o + n - 1 if causal else o)
+        last = n - 1
+        while causal and last > 0 and s[last] == pad_id:  # HF reads the last token that is not padding
+            last -= 1
+        pool_row[k], pool_col[k] = r, (o + last if causal else o)
     for r, used in enumerate(fill):  # each tail is its own "sequence": positions restart there too
         pos[r, used:] = torch.arange(width - used)
     return PackedBatch(ids, pos, seg, pool_row, pool_col, torch.tensor([data.margin[i] for i in indices]),
