@@ -35,6 +35,9 @@ def cmd_gui(args: argparse.Namespace) -> int:
         print(f"arbiter: the desktop app needs PySide6 ({e}); `pip install arbiter[app]`",
               file=sys.stderr)
         return 2
+    import faulthandler
+
+    faulthandler.enable()  # a native crash (Qt, a runtime) prints where it happened, for bug reports
     if args.screenshot:
         return app.screenshot(args.screenshot, args.model)
     return app.run(args.model)
