@@ -15,9 +15,6 @@ on the same token ids and the same GGUF file (timing only; their numbers are not
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-
-import numpy as np
 
 
 def _context(ll, model, *, embeddings: bool, streams: int, threads: int, size: int):
@@ -32,30 +29,6 @@ def _context(ll, model, *, embeddings: bool, streams: int, threads: int, size: i
     cp.flash_attn_type = 0
     cp.type_k = cp.type_v = 1
     return ll.llama_init_from_model(model, cp)
-
-
-def _decode(ll, ctx, runs: Sequence[tuple[int, Sequence[int]]], all_outputs: bool) -> None:
-    n = sum(len(t) for _, t in runs)
-    b = ll.llama_batch_init(n, 0, 1)
-    token = np.ctypeslib.as_array(b.token, shape=(n,))
-    pos = np.ctypeslib.as_array(b.pos, shape=(n,))
-    np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
-    out = np.ctypeslib.as_array(b.logits, shape=(n,))
-    out[:] = 1 if all_outputs else 0
-    k = 0
-    for seq, toks in runs:
-        m = len(toks)
-        token[k:k + m] = toks
-        pos[k:k + m] = np.arange(m)
-        for j in range(k, k + m):
-            b.seq_id[j][0] = seq
-        k += m
-        out[k - 1] = 1
-    b.n_tokens = n
-    rc = ll.llama_decode(ctx, b)
-    ll.llama_batch_free(b)
-    if rc != 0:
-        raise RuntimeError(f"llama_decode failed ({rc})")
 
 
 def time_modes(scorer, seqs: list[list[int]], threads: int, repeat: int) -> dict[str, float]:
@@ -81,7 +54,8 @@ def time_modes(scorer, seqs: list[list[int]], threads: int, repeat: int) -> dict
             t0 = time.perf_counter()
             for s in range(0, len(order), per_decode):
                 ll.llama_memory_clear(mem, True)
-                _decode(ll, ctx, [(k, seqs[i]) for k, i in enumerate(order[s:s + per_decode])], embeddings)
+                scorer._decode(ctx, [(k, seqs[i], 0) for k, i in enumerate(order[s:s + per_decode])],
+                               all_outputs=embeddings)
             best = min(best, time.perf_counter() - t0)
         ll.llama_free(ctx)
         out[name] = best

@@ -7,16 +7,13 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QListWidget,
     QPushButton,
     QScrollArea,
     QSplitter,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -31,6 +28,7 @@ from app.gui.widgets import (
     ScoreChart,
     model_line,
     muted,
+    read_only_table,
     score_font,
     text_edit,
 )
@@ -73,15 +71,7 @@ class BestOfNView(QWidget):
         cl.addLayout(row)
 
         # result: table of every candidate, a chart of the top ones
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Rank", "#", "Score", "P(best better)", "Response"])
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        hh = self.table.horizontalHeader()
-        for col in range(4):
-            hh.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        hh.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table = read_only_table(["Rank", "#", "Score", "P(best better)", "Response"])
         self.chart = ScoreChart()
         chart_scroll = QScrollArea()
         chart_scroll.setWidgetResizable(True)

@@ -6,14 +6,11 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -21,7 +18,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.context import AppContext
 from app.gui.history_store import Record
-from app.gui.widgets import score_font
+from app.gui.widgets import read_only_table, score_font
 
 
 def summary(r: Record) -> str:
@@ -49,15 +46,7 @@ class HistoryView(QWidget):
         self._debounce = QTimer(self, singleShot=True, interval=200)
         self._debounce.timeout.connect(self.refresh)
         self.search.textChanged.connect(lambda _t: self._debounce.start())
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Time (UTC)", "Kind", "Model", "Scores", "Prompt"])
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        hh = self.table.horizontalHeader()
-        for col in range(4):
-            hh.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        hh.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table = read_only_table(["Time (UTC)", "Kind", "Model", "Scores", "Prompt"])
         self.table.doubleClicked.connect(lambda _i: self.reopen())
         reopen, jsonl, csv_, delete = (QPushButton("Reopen"), QPushButton("Export JSONL…"),
                                        QPushButton("Export CSV…"), QPushButton("Delete"))

@@ -12,12 +12,10 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
     QSpinBox,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -25,6 +23,7 @@ from PySide6.QtWidgets import (
 
 import engine
 from app.gui.context import AppContext
+from app.gui.widgets import read_only_table
 from engine import registry
 
 NO_DEFAULT = ("No default model in this build; add one (a .gguf file, or an ONNX or "
@@ -59,16 +58,8 @@ class ModelsView(QWidget):
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet("background: #eef4fb; border: 1px solid #b7cbe3; border-radius: 4px;"
                                   " padding: 8px; color: #222;")
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Name", "Format", "Size", "Location"])
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table = read_only_table(["Name", "Format", "Size", "Location"])
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        hh = self.table.horizontalHeader()
-        for col in range(3):
-            hh.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        hh.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._selected)
         self.table.doubleClicked.connect(lambda _i: self._use())
 

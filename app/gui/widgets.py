@@ -5,14 +5,17 @@ from __future__ import annotations
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QPainter, QPalette
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QComboBox,
     QFrame,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QTableWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -24,6 +27,20 @@ from app.gui.state.conversation import ConversationState
 WIN = QColor("#2e8b57")
 WIN_SOFT = QColor(46, 139, 87, 40)
 OTHER = QColor("#8a94a6")
+
+
+def read_only_table(headers: list[str]) -> QTableWidget:
+    """A table of whole-row selections that nobody edits; the last column takes the spare width."""
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(headers)
+    table.verticalHeader().hide()
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    hh = table.horizontalHeader()
+    for col in range(len(headers) - 1):
+        hh.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+    hh.setSectionResizeMode(len(headers) - 1, QHeaderView.ResizeMode.Stretch)
+    return table
 
 
 def score_font(point_delta: int = 0) -> QFont:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import sys
 import time
@@ -202,11 +201,18 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
 
     build = json.loads((BUILTIN / "build.json").read_text())
     sections = []
+    bias_rows = []  # the benchmarks' own length-bias diagnostics, gathered under the warning
     with engine.load("default", threads=2) as rm:
         for fmt, rel, limit in CARD_BENCHMARKS:
             out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
             note = f" (first {limit} records)" if limit else ""
             sections.append(f"### {fmt}{note}\n\n" + markdown(out.result).split("\n", 1)[1].strip())
+            for b in out.result["benchmarks"]:
+                diag = b.get("diagnostics", {})
+                if "length_bias" in diag:
+                    lo, sh = diag["length_bias"]["chosen_longer"], diag["length_bias"]["chosen_shorter"]
+                    bias_rows.append(f"| {fmt} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
+                                     f"(n={sh['n']}) | {diag['score_length_correlation']['spearman']:.3f} |")
     t = build.get("training", {})
     g = t.get("best_gold") or {}
     if not bias_note and g.get("accuracy_chosen_shorter") is not None:
@@ -214,16 +220,9 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                      f"{g['accuracy_chosen_longer']:.0%} of the time when the chosen answer is the longer one "
                      f"and {g['accuracy_chosen_shorter']:.0%} when it is the shorter one (length-balanced "
                      f"{g['accuracy_length_balanced']:.1%}, plain {g['accuracy']:.1%}).")
-    # the benchmarks' own length-bias lines, gathered into one table under the warning
-    rows = []
-    for sec in sections:
-        m = re.search(r"Length bias: accuracy ([\d.]+) when the chosen response is longer \(n=(\d+)\), "
-                      r"([\d.]+) when shorter \(n=(\d+)\); score-length Spearman (-?\d+\.\d+)", sec)
-        if m:
-            rows.append(f"| {sec.split()[1]} | {m[1]} (n={m[2]}) | {m[3]} (n={m[4]}) | {m[5]} |")
-    if rows:
+    if bias_rows:
         bias_note += ("\n\nOn the benchmarks below (accuracy in %):\n\n| benchmark | chosen longer | chosen shorter "
-                      "| score-length Spearman |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+                      "| score-length Spearman |\n|---|---|---|---|\n" + "\n".join(bias_rows) + "\n\n"
                       "An unbiased model scores about the same in both columns. This one still leans towards "
                       "the longer answer wherever the two columns differ: a 22.7M-parameter encoder trained "
                       "for about an hour on ~5k pairs learns length faster than content.")

@@ -279,8 +279,9 @@ class GgufScorer(Scorer):
         self._ctx, self._ctx_size = ctx, size
         return ctx
 
-    def _decode(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]]) -> None:
-        """One ``llama_decode`` of (seq id, tokens, first position) runs; every token is an output."""
+    def _decode(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]], *, all_outputs: bool = True) -> None:
+        """One ``llama_decode`` of (seq id, tokens, first position) runs. Embeddings need every token
+        an output; ``all_outputs=False`` marks only each run's last one (generative mode)."""
         ll = self.llama
         n = sum(len(t) for _, t, _ in seqs)
         batch = ll.llama_batch_init(n, 0, 1)
@@ -288,7 +289,8 @@ class GgufScorer(Scorer):
             token = np.ctypeslib.as_array(batch.token, shape=(n,))
             pos = np.ctypeslib.as_array(batch.pos, shape=(n,))
             np.ctypeslib.as_array(batch.n_seq_id, shape=(n,))[:] = 1
-            np.ctypeslib.as_array(batch.logits, shape=(n,))[:] = 1  # embeddings need all outputs
+            outputs = np.ctypeslib.as_array(batch.logits, shape=(n,))
+            outputs[:] = 1 if all_outputs else 0
             k = 0
             for seq, toks, p0 in seqs:
                 m = len(toks)
@@ -297,6 +299,7 @@ class GgufScorer(Scorer):
                 for j in range(k, k + m):
                     batch.seq_id[j][0] = seq
                 k += m
+                outputs[k - 1] = 1
             batch.n_tokens = n
             rc = ll.llama_decode(ctx, batch)
         finally:

@@ -21,6 +21,7 @@ Run by the engine as ``python -m engine.backends.gguf_probe MODEL.gguf``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ _quiet = None  # the child's log callback (a ctypes object must outlive every ca
 _memo: dict[str, bool] = {}  # this process's answers: one probe per key, whatever the data dir
 
 
+@functools.cache
 def _cpu_fingerprint() -> str:
     """The CPU's model and feature flags (Linux), else the platform's processor string."""
     try:
@@ -49,6 +51,7 @@ def _cpu_fingerprint() -> str:
         return platform.processor() or platform.machine()
 
 
+@functools.cache
 def _build_fingerprint() -> str:
     """llama-cpp-python's version and the identity of its shared libraries (a rebuild changes it)."""
     import llama_cpp
