@@ -43,6 +43,8 @@ class EncodedPairs:
     chosen_types: list[np.ndarray | None] = field(default_factory=list)
     rejected_types: list[np.ndarray | None] = field(default_factory=list)
     chosen_longer: list[bool | None] = field(default_factory=list)  # characters, as PreferencePair says
+    chosen_chars: list[int] = field(default_factory=list)  # response length in characters (the length head's signal)
+    rejected_chars: list[int] = field(default_factory=list)
     margin: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=lambda: {"tie": 0, "too_long": 0})
@@ -73,6 +75,8 @@ def encode_pairs(pairs: Iterable[PreferencePair], encoder: Encoder, *, margin_fi
         out.chosen_types.append(None if c.type_ids is None else np.asarray(c.type_ids, dtype=np.int8))
         out.rejected_types.append(None if r.type_ids is None else np.asarray(r.type_ids, dtype=np.int8))
         out.chosen_longer.append(p.chosen_longer)
+        out.chosen_chars.append(len(p.chosen))
+        out.rejected_chars.append(len(p.rejected))
         out.margin.append(float(p.attributes.get(margin_field, 0.0)) if margin_field else 0.0)
         out.ids.append(p.id)
     return out
@@ -127,6 +131,7 @@ class TensorBatch:
     margin: torch.Tensor  # [pairs]
     chosen_longer: list[bool | None]
     n_tokens: int  # real (unpadded) tokens
+    response_chars: torch.Tensor  # [2 * pairs], rows' order: how long each response is
 
     @property
     def pairs(self) -> int:
@@ -152,7 +157,14 @@ def collate(indices: list[int], data: EncodedPairs, pad_id: int) -> TensorBatch:
         if tt is not None:
             tt[r, : len(s)] = torch.from_numpy(types[r].astype(np.int64))
     return TensorBatch(ids, mask, tt, torch.tensor([data.margin[i] for i in indices]),
-                       [data.chosen_longer[i] for i in indices], int(sum(len(s) for s in seqs)))
+                       [data.chosen_longer[i] for i in indices], int(sum(len(s) for s in seqs)),
+                       response_chars(indices, data))
+
+
+def response_chars(indices: list[int], data: EncodedPairs) -> torch.Tensor:
+    """Characters of each batch row's response, chosen rows first (as the rows are)."""
+    return torch.tensor([data.chosen_chars[i] for i in indices] + [data.rejected_chars[i] for i in indices],
+                        dtype=torch.float32)
 
 
 def eval_batches(data: EncodedPairs, size: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:

@@ -35,6 +35,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     center: float = 0.0  # reward-centering coefficient
+    # the length head (trainer/bt/length_head.py, ODIN): a second output trained to carry
+    # length, dropped on save. length_head weighs |corr(quality, length)| - corr(length head,
+    # length); length_ortho weighs |cos| of the two head rows. 0 = off (one output)
+    length_head: float = 0.0
+    length_ortho: float = 1.0
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     per_device_batch: int = 16  # pairs per forward pass per process (2x sequences)
@@ -75,6 +80,8 @@ class TrainConfig:
             raise bad("token_types", "must be 'zeros' or 'segment'")
         if self.select_on not in ("accuracy", "length_balanced"):
             raise bad("select_on", "must be 'accuracy' or 'length_balanced'")
+        if self.length_head < 0 or self.length_ortho < 0:
+            raise bad("length_head", "length_head and length_ortho are weights: 0 or more")
         if self.lr <= 0 or self.eval_every < 1 or self.log_every < 1:
             raise bad("lr", "lr, eval_every and log_every must be positive")
 

@@ -98,8 +98,8 @@ def _mark_byte_level(path: Path) -> None:
         path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-def load_model(gguf_path: Path, *, config_overrides: dict[str, Any] | None = None) -> Any:
-    """An ``AutoModelForSequenceClassification`` (num_labels=1) with the GGUF's weights.
+def load_model(gguf_path: Path, *, config_overrides: dict[str, Any] | None = None, num_labels: int = 1) -> Any:
+    """An ``AutoModelForSequenceClassification`` (``num_labels`` outputs) with the GGUF's weights.
 
     The score head is new (a GGUF has none); every other tensor must come from the
     file, or this raises.
@@ -121,7 +121,7 @@ def load_model(gguf_path: Path, *, config_overrides: dict[str, Any] | None = Non
             cfg["head_dim"] = int(key_length)
         cfg.pop("_model_name_or_path", None)
         model_type = cfg.pop("model_type")
-        config = AutoConfig.for_model(model_type, **cfg, num_labels=1, **(config_overrides or {}))
+        config = AutoConfig.for_model(model_type, **cfg, num_labels=num_labels, **(config_overrides or {}))
         model = AutoModelForSequenceClassification.from_config(config)
         tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
     result = model.load_state_dict(tensors, strict=False)

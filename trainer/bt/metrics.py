@@ -16,7 +16,10 @@ from typing import Any
 
 
 def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float],
-                 chosen_longer: Sequence[bool | None], losses: Sequence[float] | None = None) -> dict[str, Any]:
+                 chosen_longer: Sequence[bool | None], losses: Sequence[float] | None = None,
+                 response_chars: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
+    """``response_chars`` (chosen, rejected) adds ``reward_length_pearson``: the correlation of
+    every reward with log(1 + its response's characters); near 0 when length does not drive it."""
     n = len(r_chosen)
     if n == 0:
         return {"pairs": 0}
@@ -42,4 +45,15 @@ def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float],
         out[f"accuracy_{name}"] = sum(g > 0 for g in sel) / len(sel) if sel else None
     split = (out["accuracy_chosen_longer"], out["accuracy_chosen_shorter"])
     out["accuracy_length_balanced"] = sum(split) / 2 if None not in split else out["accuracy"]
+    if response_chars is not None:
+        logs = [math.log1p(c) for c in list(response_chars[0]) + list(response_chars[1])]
+        out["reward_length_pearson"] = _pearson(rewards, logs)
     return out
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0

@@ -63,7 +63,7 @@ def load_base(base: str | Path, cfg: TrainConfig, *, work_dir: Path) -> Base:
         from trainer.bt import gguf_base
 
         tok_dir = gguf_base.save_tokenizer(src, work_dir / "gguf-tokenizer")
-        model = gguf_base.load_model(src)
+        model = gguf_base.load_model(src, num_labels=heads(cfg))
         if cfg.dropout is not None:
             for k, v in _dropout_overrides(model.config, cfg.dropout).items():
                 setattr(model.config, k, v)
@@ -79,7 +79,7 @@ def load_base(base: str | Path, cfg: TrainConfig, *, work_dir: Path) -> Base:
         extra = _dropout_overrides(config, cfg.dropout) if cfg.dropout is not None else {}
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                src, num_labels=1, use_safetensors=True, dtype=dtype, **extra)
+                src, num_labels=heads(cfg), use_safetensors=True, dtype=dtype, **extra)
         except (OSError, ValueError) as e:
             raise ModelError(f"{src}: transformers cannot build a sequence classifier from it ({e})") from e
         tok_dir = src
@@ -97,6 +97,11 @@ def load_base(base: str | Path, cfg: TrainConfig, *, work_dir: Path) -> Base:
     return Base(model, encoder, tok_dir, str(src))
 
 
+def heads(cfg: TrainConfig) -> int:
+    """Outputs of the head while training: 2 with the length head (trainer/bt/length_head.py), else 1."""
+    return 2 if cfg.length_head else 1
+
+
 def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision
@@ -105,16 +110,30 @@ def resolve_precision(precision: str) -> str:
 
 def save_reward_model(model: Any, base: Base, out: Path, *, state_dict: dict[str, Any] | None = None,
                       extra_meta: dict[str, Any] | None = None) -> Path:
-    """An HF folder the engine and the exporters accept (safetensors, float32)."""
+    """An HF folder the engine and the exporters accept (safetensors, float32, one label).
+
+    A model trained with the length head has two outputs; only the quality one is saved.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
     config = model.config
+    trained_heads = config.num_labels
+    if trained_heads == 2:
+        from trainer.bt.length_head import quality_only
+
+        sd = quality_only(sd, model)
+    elif trained_heads != 1:
+        raise ModelError(f"a reward model has one output (or two with the length head), not {trained_heads}")
+    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
     saved_dtype = getattr(config, "dtype", None)
     config.dtype = torch.float32
-    model.save_pretrained(out, state_dict=sd, safe_serialization=True)
-    config.dtype = saved_dtype
+    config.num_labels = 1
+    try:
+        model.save_pretrained(out, state_dict=sd, safe_serialization=True)
+    finally:
+        config.dtype = saved_dtype
+        config.num_labels = trained_heads
     for name in TOKENIZER_FILES:
         f = base.tokenizer_dir / name
         if f.is_file() and f.resolve() != (out / name).resolve():
@@ -130,6 +149,8 @@ def save_reward_model(model: Any, base: Base, out: Path, *, state_dict: dict[str
     }
     if enc.kind == "pair":
         meta["token_types"] = enc.files.token_types
+    if trained_heads == 2:
+        meta["trained_with_length_head"] = True  # its length output was dropped here
     meta.update(extra_meta or {})
     write_meta(out, meta)
     return out

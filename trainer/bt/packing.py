@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
+from trainer.bt.batches import response_chars
 
 
 @dataclass
@@ -44,6 +45,7 @@ class PackedBatch:
     chosen_longer: list[bool | None]
     n_tokens: int  # real tokens (all of them: nothing here is padding but the rows' tails)
     causal: bool
+    response_chars: torch.Tensor  # [2 * pairs], chosen first: how long each response is
 
     @property
     def pairs(self) -> int:
@@ -98,7 +100,8 @@ def pack(indices: list[int], data: Any, pad_id: int, capacity: int, *, causal: b
     for r, used in enumerate(fill):  # each tail is its own "sequence": positions restart there too
         pos[r, used:] = torch.arange(width - used)
     return PackedBatch(ids, pos, seg, pool_row, pool_col, torch.tensor([data.margin[i] for i in indices]),
-                       [data.chosen_longer[i] for i in indices], int(sum(len(s) for s in seqs)), causal)
+                       [data.chosen_longer[i] for i in indices], int(sum(len(s) for s in seqs)), causal,
+                       response_chars(indices, data))
 
 
 def head_of(model: Any) -> tuple[str, Any]:
@@ -113,14 +116,19 @@ def head_of(model: Any) -> tuple[str, Any]:
                      f"{type(inner).__name__} has neither", field="packing")
 
 
-def packed_rewards(model: Any, batch: PackedBatch, device: Any) -> torch.Tensor:
-    """One reward per packed sequence, chosen first: the same order as the padded path."""
+def packed_rewards(model: Any, batch: PackedBatch, device: Any, *, heads: int = 1) -> torch.Tensor:
+    """One reward per packed sequence, chosen first: the same order as the padded path.
+
+    ``heads=2`` returns ``[2 * pairs, 2]``: every output of the head (the length head's training).
+    """
     kind, head = head_of(model)
     # through the (possibly DDP-wrapped) model, so gradient sync sees the forward
     out = model(**batch.model_inputs(device), output_hidden_states=True)
     hidden = out.hidden_states[-1]  # the body's final (normed) states, [rows, width, H]
     picked = hidden[batch.pool_row.to(device), batch.pool_col.to(device)]  # [2 * pairs, H]
     if kind == "decoder":
-        return head(picked)[:, 0]
-    pooler, dropout, classifier = head
-    return classifier(dropout(pooler.activation(pooler.dense(picked))))[:, 0]
+        out = head(picked)
+    else:
+        pooler, dropout, classifier = head
+        out = classifier(dropout(pooler.activation(pooler.dense(picked))))
+    return out[:, 0] if heads == 1 else out[:, :heads]

@@ -21,7 +21,7 @@ LOG_COLUMNS = {
     "accuracy": float, "margin": float, "reward_mean": float, "reward_std": float,
     "chosen_mean": float, "rejected_mean": float, "accuracy_chosen_longer": float,
     "accuracy_chosen_shorter": float, "accuracy_length_balanced": float, "n_chosen_longer": int,
-    "n_chosen_shorter": int,
+    "n_chosen_shorter": int, "reward_length_pearson": float,
     "lr": float, "pairs_per_s": float, "tokens_per_s": float,
 }
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from engine.store import Store
+from trainer.bt import length_head
 from trainer.bt.batches import (
     EncodedPairs,
     collate,
@@ -43,7 +44,7 @@ from trainer.bt.checkpoint import load_state, save_state
 from trainer.bt.config import TrainConfig
 from trainer.bt.loss import bt_loss
 from trainer.bt.metrics import pair_metrics
-from trainer.bt.model import Base, load_base, resolve_precision, save_reward_model
+from trainer.bt.model import Base, heads, load_base, resolve_precision, save_reward_model
 from trainer.bt.packing import PackedBatch, pack, packed_rewards
 from trainer.bt.runlog import RunLog
 from trainer.data.record import PreferencePair
@@ -63,10 +64,12 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _rewards(model: Any, batch: Any, device: Any) -> torch.Tensor:
+def _rewards(model: Any, batch: Any, device: Any, *, heads: int = 1) -> torch.Tensor:
+    """[2 * pairs] rewards (output 0, the one saved), or [2 * pairs, heads] with every output."""
     if isinstance(batch, PackedBatch):
-        return packed_rewards(model, batch, device)
-    return model(**batch.model_inputs(device)).logits[:, 0]
+        return packed_rewards(model, batch, device, heads=heads)
+    logits = model(**batch.model_inputs(device)).logits
+    return logits[:, 0] if heads == 1 else logits[:, :heads]
 
 
 def evaluate(model: Any, data: EncodedPairs, pad_id: int, cfg: TrainConfig, accelerator: Any) -> dict[str, Any]:
@@ -75,20 +78,19 @@ def evaluate(model: Any, data: EncodedPairs, pad_id: int, cfg: TrainConfig, acce
 
     was_training = model.training
     model.eval()
-    rc: list[float] = []
-    rr: list[float] = []
-    cl: list[bool | None] = []
+    rows: list[tuple[float, float, bool | None, float, float]] = []  # r_c, r_r, chosen longer, chars c, chars r
     with torch.no_grad():
         for idx in eval_batches(data, cfg.eval_batch, accelerator.process_index, accelerator.num_processes):
             b = collate(idx, data, pad_id)
             r = _rewards(model, b, accelerator.device).float().cpu()
-            rc += r[: b.pairs].tolist()
-            rr += r[b.pairs:].tolist()
-            cl += b.chosen_longer
+            n = b.pairs
+            rows += zip(r[:n].tolist(), r[n:].tolist(), b.chosen_longer, b.response_chars[:n].tolist(),
+                        b.response_chars[n:].tolist(), strict=True)
     model.train(was_training)
-    rows = gather_object([(c, r, x) for c, r, x in zip(rc, rr, cl, strict=True)])
+    rows = [x for part in gather_object([rows]) for x in part]
     losses = bt_loss(torch.tensor([x[0] for x in rows]), torch.tensor([x[1] for x in rows])).tolist()
-    return pair_metrics([x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows], losses)
+    return pair_metrics([x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows], losses,
+                        response_chars=([x[3] for x in rows], [x[4] for x in rows]))
 
 
 def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: Iterable[PreferencePair],
@@ -161,12 +163,20 @@ def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: I
             batch = (pack(idx, data, pad_id, cfg.max_length, causal=b.kind == "chat") if cfg.packing
                      else collate(idx, data, pad_id))
             with accelerator.accumulate(model):
-                r = _rewards(model, batch, accelerator.device)
+                outputs = _rewards(model, batch, accelerator.device, heads=heads(cfg))
+                # with the length head, Bradley-Terry fits quality + length; only quality is saved
+                r = outputs.sum(dim=1) if outputs.dim() == 2 else outputs
                 rc, rr = r[: batch.pairs], r[batch.pairs:]
                 per_pair = bt_loss(rc, rr, margin=batch.margin.to(r) if cfg.margin_field else None,
                                    center=cfg.center)
                 # equal micro-batches: mean here, / accumulation in backward, mean over processes in DDP
-                accelerator.backward(per_pair.mean())
+                loss = per_pair.mean()
+                if cfg.length_head:
+                    loss = loss + cfg.length_head * length_head.disentangle_loss(
+                        outputs[:, length_head.QUALITY], outputs[:, length_head.LENGTH], batch.response_chars)
+                    if cfg.length_ortho:
+                        loss = loss + cfg.length_ortho * length_head.orthogonality_loss(model)
+                accelerator.backward(loss)
             tokens += batch.n_tokens
             step_rows += list(zip(rc.detach().float().tolist(), rr.detach().float().tolist(),
                                   per_pair.detach().float().tolist(), batch.chosen_longer, strict=True))
