@@ -46,7 +46,7 @@ def test_gold_metrics_report_the_rewards_correlation_with_length():
     chars_c, chars_r = [10, 200, 40], [90, 5, 400]
     rc = [math.log1p(c) for c in chars_c]  # a pure "longer is better" model: reward = log length
     rr = [math.log1p(c) for c in chars_r]
-    m = pair_metrics(rc, rr, [c > r for c, r in zip(chars_c, chars_r)], response_chars=(chars_c, chars_r))
+    m = pair_metrics(rc, rr, [c > r for c, r in zip(chars_c, chars_r, strict=True)], response_chars=(chars_c, chars_r))
     assert m["reward_length_pearson"] == pytest.approx(1.0)
     flat = pair_metrics([0.0] * 3, [0.0] * 3, [None] * 3, response_chars=(chars_c, chars_r))
     assert flat["reward_length_pearson"] == 0.0  # a constant reward has no correlation to report
@@ -142,3 +142,54 @@ def test_length_head_takes_the_length_and_leaves_the_content(hf_models, tmp_path
     lens = length_head.length_signal(torch.tensor([float(len(r)) for _, r in held_out]))
     quality, length = (length_head.pearson(outs[:, k], lens).item() for k in (0, 1))
     assert length > 0.7 and abs(quality) < 0.3, (quality, length)  # measured: -0.08 and 0.93
+
+
+def test_covariance_penalty_is_in_reward_units_with_a_bounded_gradient():
+    chars = torch.tensor([3.0, 10.0, 30.0, 100.0])
+    lens = torch.log1p(chars)
+    z = (lens - lens.mean()) / lens.std(unbiased=False)
+    assert length_head.covariance_penalty(z, chars).item() == pytest.approx(1.0, abs=1e-5)
+    assert length_head.covariance_penalty(3 * z + 7, chars).item() == pytest.approx(3.0, abs=1e-5)  # scales
+    assert length_head.covariance_penalty(torch.zeros(4), chars).item() == 0.0  # nothing learnt: no penalty
+    r = (0.01 * z).requires_grad_()  # a barely trained, length-correlated reward: the gradient stays z / n
+    length_head.covariance_penalty(r, chars).backward()
+    assert torch.allclose(r.grad, z / 4, atol=1e-5)
+    with pytest.raises(InputError, match="length_penalty"):
+        TrainConfig(length_penalty=-0.5)
+
+
+def skewed_pairs(n: int, seed: int, share_longer: float) -> list:
+    """The chosen reply has the positive word; it is also the longer one in ``share_longer`` of pairs."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        long_, short_ = rng.randint(9, 14), rng.randint(1, 5)
+        a, b = (long_, short_) if rng.random() < share_longer else (short_, long_)
+        out.append(pair(f"How was reply {rng.randint(0, 999)}?", _reply(a, rng, rng.choice(GOOD)),
+                        _reply(b, rng, rng.choice(BAD)), id=f"s{i}"))
+    return out
+
+
+@pytest.mark.slow
+def test_length_penalty_takes_length_out_of_the_reward(hf_models, tmp_path, arbiter_home):
+    """On data where the chosen reply is the longer one 90% of the time, the penalised reward
+    follows length less on held-out replies, and still learns the content preference."""
+    import engine
+    from engine.types import Item
+    from tests.models import minilm_dir
+
+    held_out = [(p.conversation, r) for p in mixed_pairs(64, 7, "p") for r in (p.chosen, p.rejected)]
+    lens = length_head.length_signal(torch.tensor([float(len(r)) for _, r in held_out]))
+    corr, acc = {}, {}
+    for weight in (0.0, 1.0):
+        cfg = TrainConfig(max_length=48, per_device_batch=16, global_batch=16, lr=1e-4, max_steps=12,
+                          eval_every=12, log_every=12, threads=1, seed=0, progress=False, length_penalty=weight)
+        res = train(minilm_dir(), skewed_pairs(240, 0, 0.9), unconfounded_pairs(48, 1, "g"),
+                    tmp_path / str(weight), cfg)
+        acc[weight] = res.best_gold["accuracy"]
+        with engine.load(tmp_path / str(weight) / "best", threads=1) as rm:
+            r = torch.tensor([s.value for s in rm.score([Item(c, x) for c, x in held_out])])
+        corr[weight] = length_head.pearson(r, lens).item()
+    assert acc[1.0] >= 0.8, acc
+    # measured: 0.136 without, 0.041 with (a weight of 5 overshoots to -0.23: |cov| pulls either way)
+    assert abs(corr[1.0]) < abs(corr[0.0]) / 2, corr

@@ -40,6 +40,9 @@ class TrainConfig:
     # length); length_ortho weighs |cos| of the two head rows. 0 = off (one output)
     length_head: float = 0.0
     length_ortho: float = 1.0
+    # weight of |cov(reward, standardized log response length)| over each micro-batch (same
+    # file): a length-decorrelation term in reward units; works with or without the length head
+    length_penalty: float = 0.0
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     per_device_batch: int = 16  # pairs per forward pass per process (2x sequences)
@@ -80,8 +83,8 @@ class TrainConfig:
             raise bad("token_types", "must be 'zeros' or 'segment'")
         if self.select_on not in ("accuracy", "length_balanced"):
             raise bad("select_on", "must be 'accuracy' or 'length_balanced'")
-        if self.length_head < 0 or self.length_ortho < 0:
-            raise bad("length_head", "length_head and length_ortho are weights: 0 or more")
+        if self.length_head < 0 or self.length_ortho < 0 or self.length_penalty < 0:
+            raise bad("length_head", "length_head, length_ortho and length_penalty are weights: 0 or more")
         if self.lr <= 0 or self.eval_every < 1 or self.log_every < 1:
             raise bad("lr", "lr, eval_every and log_every must be positive")
 

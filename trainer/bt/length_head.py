@@ -19,6 +19,16 @@ first, ``cfg.length_ortho`` the second):
 
 What is saved is an ordinary one-label reward model (row 0 of the head): every
 runtime and exporter reads it unchanged.
+
+Measured on the default model's data (2 CPU cores, MiniLM): with ODIN's correlation terms
+the body learned slowly. A correlation's gradient scales with 1/std of the rewards, which
+is tiny at the start, so the terms swamp Bradley-Terry's gradient and, after clipping,
+shrink it (gold accuracy 0.46-0.55 through step 100, against 0.58-0.68 without). The
+**length penalty** (``cfg.length_penalty``) is the variant the default model uses:
+``|cov(reward, L~)|`` over the micro-batch's responses, L~ the standardized log length. It
+is in reward units, so it is zero for a model that has learned nothing yet, and its
+gradient per response is bounded (``L~_i / n``), on the scale of Bradley-Terry's. It
+needs no second output.
 """
 
 from __future__ import annotations
@@ -62,6 +72,13 @@ def disentangle_loss(quality: torch.Tensor, length: torch.Tensor, response_chars
     """|corr(quality, L)| - corr(length, L): in [-1, 1], lowest when length lives in output 1 alone."""
     lens = length_signal(response_chars).to(quality)
     return pearson(quality, lens).abs() - pearson(length, lens)
+
+
+def covariance_penalty(reward: torch.Tensor, response_chars: torch.Tensor) -> torch.Tensor:
+    """|cov(reward, standardized log length)|, in reward units: how much reward one std of length buys."""
+    lens = length_signal(response_chars).to(reward)
+    lens = (lens - lens.mean()) / (lens.std(unbiased=False) + EPS)
+    return ((reward - reward.mean()) * lens).mean().abs()
 
 
 def orthogonality_loss(model: Any) -> torch.Tensor:

@@ -176,6 +176,9 @@ def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: I
                         outputs[:, length_head.QUALITY], outputs[:, length_head.LENGTH], batch.response_chars)
                     if cfg.length_ortho:
                         loss = loss + cfg.length_ortho * length_head.orthogonality_loss(model)
+                if cfg.length_penalty:
+                    quality = outputs[:, length_head.QUALITY] if outputs.dim() == 2 else outputs
+                    loss = loss + cfg.length_penalty * length_head.covariance_penalty(quality, batch.response_chars)
                 accelerator.backward(loss)
             tokens += batch.n_tokens
             step_rows += list(zip(rc.detach().float().tolist(), rr.detach().float().tolist(),
