@@ -12,10 +12,17 @@ already-encoded sequences. Everything users call is built on top of it here:
 
 Backends that can share the prompt between candidates (GGUF, ONNX with past)
 override :meth:`Scorer._score_shared_prompt`.
+
+Length control: a model whose metadata carries ``length_correction`` (beta) scores
+``output - beta * log(1 + response characters)``, the same in every format. Beta is fitted
+on the model's training pairs so that reward differences within a pair stop following
+length differences (``trainer/bt/length_control.py``); the built-in default model has one.
+Set ``scorer.length_control = False`` for the raw output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -120,6 +127,23 @@ class Scorer(ABC):
         self.close()
 
     # ---- scoring -------------------------------------------------------------------
+    @property
+    def length_control(self) -> bool:
+        """Whether the model's length correction is applied (see the module docstring)."""
+        return self.__dict__.get("_length_control", True)
+
+    @length_control.setter
+    def length_control(self, on: bool) -> None:
+        """Off: raw outputs, and ``info.length_correction`` reads 0, so stored results say which they are."""
+        beta = self.__dict__.setdefault("_model_beta", self.info.length_correction)
+        self._length_control = bool(on)
+        self.info = dataclasses.replace(self.info, length_correction=beta if on else 0.0)
+
+    def length_term(self, response: str) -> float:
+        """What length control subtracts from this response's output (0 without a correction)."""
+        beta = self.info.length_correction
+        return beta * math.log1p(len(response)) if beta else 0.0
+
     def encode(self, item: Item) -> Encoded:
         return self.encoder.encode(item)
 
@@ -166,9 +190,10 @@ class Scorer(ABC):
             if cancel:
                 cancel.raise_if_cancelled()
             encoded: list[Encoded | InputTooLongError] = []
+            chunk = [_as_item(x) for x in chunk]
             for k, x in enumerate(chunk):
                 try:
-                    encoded.append(self.encode(_as_item(x)))
+                    encoded.append(self.encode(x))
                 except InputTooLongError as e:
                     e.item_index = done + k
                     if on_too_long != "skip":
@@ -176,9 +201,9 @@ class Scorer(ABC):
                     encoded.append(e)
             ok = [e for e in encoded if isinstance(e, Encoded)]
             values = iter(self._score_encoded(ok, bs, cancel))
-            for e in encoded:
+            for e, x in zip(encoded, chunk, strict=True):
                 if isinstance(e, Encoded):
-                    yield Score(next(values), len(e.ids), e.cut_tokens)
+                    yield Score(next(values) - self.length_term(x.response), len(e.ids), e.cut_tokens)
                 else:
                     yield Score(math.nan, 0, 0, skipped=str(e))
             done += len(chunk)
@@ -208,7 +233,8 @@ class Scorer(ABC):
         if shared is not False:
             scores = self._score_shared_prompt(conv, responses)
             if scores is not None:
-                return scores, True
+                return [Score(s.value - self.length_term(r), s.n_tokens, s.cut_tokens, s.skipped)
+                        for s, r in zip(scores, responses, strict=True)], True
             # None: this format cannot share, or no candidate's tokens start with the prompt's
             # (a cut conversation, a merge across the boundary): full scoring, reported as such
         return self.score([Item(conv, r) for r in responses]), False

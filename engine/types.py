@@ -214,6 +214,9 @@ class ModelInfo:
     files: tuple[FileInfo, ...] = ()
     provider: str = "cpu"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: length control: every score is the model's output minus this x log(1 + response
+    #: characters) (engine/scorer.py); 0 for most models
+    length_correction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,4 +230,5 @@ class ModelInfo:
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             "provider": self.provider,
             **({"extra": dict(self.extra)} if self.extra else {}),
+            **({"length_correction": self.length_correction} if self.length_correction else {}),
         }

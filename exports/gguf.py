@@ -211,6 +211,9 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
         "arbiter.source_sha256": (source_digest(src), V.STRING),
         "arbiter.versions": (json.dumps(_versions()), V.STRING),
     }
+    length_correction = float(read_meta(src).get("length_correction") or 0.0)
+    if length_correction:  # length control travels with the model (engine/scorer.py)
+        kvs["arbiter.length_correction"] = (length_correction, V.FLOAT32)
     with tempfile.TemporaryDirectory(prefix="arbiter-gguf-") as tmp:
         work = Path(tmp)
         extra_tensors: dict[str, np.ndarray] = {}

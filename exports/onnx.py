@@ -27,7 +27,7 @@ from pathlib import Path
 
 from engine.errors import ModelError
 from engine.files import sha256_file
-from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_config, write_meta
+from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_config, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             "max_length": tf.max_length,
             "pad_token_id": final_cfg.get("pad_token_id"),
             "token_types": "segment",
+            "length_correction": float(read_meta(src).get("length_correction") or 0.0),
             "dtype": quant or "fp32",
             "kept_float": kept_float,
             "prefix_model": prefix_entry["file"] if prefix_entry else None,

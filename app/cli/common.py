@@ -15,6 +15,8 @@ def add_model_options(p: argparse.ArgumentParser, *, required: bool = False) -> 
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, directml, coreml, or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's choice)")
     p.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
+    p.add_argument("--no-length-control", dest="length_control", action="store_false",
+                   help="raw model output: do not subtract the model's length correction, if it has one")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -26,7 +28,9 @@ def load_model(args: argparse.Namespace, **extra: Any):
 
     opts: dict[str, Any] = {"device": args.device, "threads": args.threads, "max_length": args.max_length}
     opts.update(extra)
-    return engine.load(args.model, **opts)
+    rm = engine.load(args.model, **opts)
+    rm.length_control = getattr(args, "length_control", True)
+    return rm
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> None:

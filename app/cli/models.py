@@ -61,6 +61,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines = [f"{k:<14} {d[k]}" for k in ("name", "format", "architecture", "pooling", "max_length",
                                           "dtype", "provider")]
     lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
+    if info.length_correction:
+        lines.append(f"{'length control':<14} score = output - {info.length_correction:.4f} x log(1 + response chars)")
     lines += [f"  {f.path}  {f.size / 1e6:.1f} MB  sha256 {f.sha256}" for f in info.files]
     emit(args, d, "\n".join(lines))
     return 0

@@ -81,7 +81,7 @@ class ModelsView(QWidget):
         self.details = QFormLayout()
         self.detail_labels: dict[str, QLabel] = {}
         for key in ("name", "format", "architecture", "quantization", "max length", "chat template",
-                    "provider", "size", "sha256"):
+                    "length control", "provider", "size", "sha256"):
             lab = QLabel("–")
             lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             lab.setWordWrap(True)
@@ -162,6 +162,9 @@ class ModelsView(QWidget):
         d["quantization"].setText(info.dtype)
         d["max length"].setText(f"{info.max_length} tokens")
         d["chat template"].setText("yes" if info.chat_template else "no: text-pair encoding (cross-encoder)")
+        d["length control"].setText(
+            f"score = output − {info.length_correction:.4f} × log(1 + response characters)"
+            if info.length_correction else "none: scores are the model's output")
         d["provider"].setText(info.provider)
         d["size"].setText(human_size(sum(f.size for f in info.files)))
         # the weights file's hash in full would not fit: a prefix to compare by eye, all in the tooltip

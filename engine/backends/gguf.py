@@ -243,6 +243,7 @@ class GgufScorer(Scorer):
             dtype=dtype,
             files=(file_info(path, root=path.parent),),
             provider="gpu" if mp.n_gpu_layers else "cpu",
+            length_correction=float(meta.get("arbiter.length_correction") or 0.0),
             extra={"threads": self.threads, "n_gpu_layers": mp.n_gpu_layers,
                    "pack_tokens": pack_tokens, "gguf_architecture": header.architecture},
         )

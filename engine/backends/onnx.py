@@ -150,6 +150,7 @@ class OnnxScorer(Scorer):
             dtype=str(meta.get("dtype", "fp32")),
             files=folder_files(folder, (".onnx", ".onnx_data", ".json", ".jinja")),
             provider=provider,
+            length_correction=float(meta.get("length_correction") or 0.0),
             extra={"threads": threads or 0, "inputs": sorted(self._inputs),
                    "prompt_sharing": self._prefix_file is not None,
                    "prompt_sharing_by_default": self._prefix_file is not None and self.share_prompt_by_default},

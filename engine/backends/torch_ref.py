@@ -60,6 +60,7 @@ class TorchScorer(Scorer):
             dtype=dtype.replace("float", "fp"),
             files=folder_files(folder, (".safetensors", ".json", ".jinja")),
             provider=self.device,
+            length_correction=float(meta.get("length_correction") or 0.0),
         )
 
     def _forward(self, batch: Batch) -> np.ndarray:
