@@ -120,3 +120,22 @@ def test_over_long_response_names_its_line(onnx_models, tmp_path):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert got[-1]["score"] is None and "512" in got[-1]["skipped"]
     assert all(isinstance(g["score"], float) for g in got[:5])
+
+
+def test_default_compare_is_length_controlled_and_can_be_raw():
+    """The built-in default subtracts its length correction; --no-length-control gives the raw margin."""
+    import math
+
+    if engine.registry.default_model_path() is None:
+        pytest.skip("this build ships no default model")
+    a, b = "Paris.", "The capital of France is Paris, a city on the Seine."
+    args = ["compare", "--prompt", "What is the capital of France?", a, b, "--json"]
+    controlled = json.loads(run(*args).stdout)
+    raw = json.loads(run(*args, "--no-length-control").stdout)
+    with engine.load("default") as rm:
+        beta = rm.info.length_correction
+    shift = beta * (math.log1p(len(a)) - math.log1p(len(b)))  # what control takes off A's margin over B
+    assert beta > 0
+    assert controlled["margin"] == pytest.approx(raw["margin"] - shift, abs=1e-4)
+    info = run("models", "info", "default").stdout
+    assert "length control" in info

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(DEFAULT is None, reason="this build ships no def
 
 #: canonical scores (fastembed style) of the default (GGUF q8_0), each item scored alone
 PINNED = [
-    ("What is the capital of France?", "The capital of France is Paris.", 0.1975),
-    ("What is the capital of France?", "I don't know, maybe Berlin.", -0.0208),
-    ("How do I make my code faster?", "Profile it first, then optimise the hot loop you find.", -0.2218),
-    ("Write a haiku about rain.", "no", -0.1828),
+    ("What is the capital of France?", "The capital of France is Paris.", -0.2654),
+    ("What is the capital of France?", "I don't know, maybe Berlin.", -0.4659),
+    ("How do I make my code faster?", "Profile it first, then optimise the hot loop you find.", -0.7571),
+    ("Write a haiku about rain.", "no", -0.3296),
 ]
 
 
@@ -41,6 +41,19 @@ def test_pinned_scores():
         for prompt, response, want in PINNED:
             got = rm.score([Item.of(prompt, response)], batch_size=1)[0].value
             assert got == pytest.approx(want, abs=1e-3), (prompt, response)
+
+
+def test_default_is_length_controlled_alike_in_both_files():
+    """The shipped beta (trainer/bt/length_control.py) is in both files and subtracted from the output."""
+    import math
+
+    with engine.load(BUILTIN / "onnx") as onnx, engine.load(BUILTIN / "gguf" / "model-q8_0.gguf") as gguf:
+        beta = gguf.info.length_correction
+        assert 0.01 < beta < 1.0 and onnx.info.length_correction == pytest.approx(beta, rel=1e-6)
+        item = Item.of(PINNED[0][0], PINNED[0][1])
+        controlled = gguf.score([item])[0].value
+        gguf.length_control = False
+        assert gguf.score([item])[0].value - beta * math.log1p(len(item.response)) == pytest.approx(controlled)
 
 
 def test_gguf_and_onnx_files_agree():

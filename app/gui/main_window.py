@@ -194,8 +194,9 @@ class MainWindow(QMainWindow):
             self.model_status.setText(f"{default}No model open.")
             return
         template = "chat template" if info.chat_template else "text pair"
+        control = "  ·  length-controlled" if info.length_correction else ""
         self.model_status.setText(f"{info.name}  ·  {info.format} {info.dtype}  ·  {info.architecture}"
-                                  f"  ·  {template}  ·  {info.provider}")
+                                  f"  ·  {template}{control}  ·  {info.provider}")
 
     def _settings_changed(self) -> None:
         s = self.ctx.session

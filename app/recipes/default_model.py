@@ -20,10 +20,14 @@ chosen answer is the longer one in 86% of the AlpacaEval GPT-4 pairs):
 * every training pair passes hygiene (empty, duplicate, identical responses) and
   13-gram decontamination against JudgeBench, RM-Bench, LLMBar, RMB and MT-Bench
   prompts and against the gold prompts;
-* the trainer's own length balancing samples equal shares each epoch.
+* synthetic pairs whose longer answer is the worse one (``trainer/data/negatives.py``);
+* the trainer's own length balancing samples equal shares each epoch;
+* the checkpoint is picked on length-balanced gold accuracy;
+* the trained model still pays for length, so its scores are length-controlled: beta is
+  fitted on its training pairs and subtracted at scoring time (``trainer/bt/length_control.py``).
 
-Budget (measured on 2 CPU cores: ~1.1 pairs/s at 256 tokens, batch 16): ``--pairs``
-training pairs at ``--max-length`` tokens, one epoch; the defaults end in under an hour.
+Budget (measured on 2 CPU cores, 512 tokens, global batch 32: about 15 s per optimizer
+step): ``--pairs`` training pairs, ``--epochs`` passes over their length-balanced share.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.bt.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -56,7 +64,8 @@ def minilm_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
+def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: float = 0.15,
+               padded: float = 0.08) -> dict:
     """Import, clean, split and sample; writes train.jsonl and gold.jsonl; returns the report."""
     from trainer.data import negatives
     from trainer.data.hygiene import Decontaminator, HygieneReport, clean
@@ -91,8 +100,8 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
     n_human = min(len(human_train), int(pairs * 0.6))
     n_safety = min(len(safety), int(pairs * 0.15))
     donors = human_train + silver
-    synth = (negatives.off_topic(donors, int(pairs * 0.15), rng)
-             + negatives.padded(donors, int(pairs * 0.08), rng))
+    synth = (negatives.off_topic(donors, int(pairs * off_topic), rng)
+             + negatives.padded(donors, int(pairs * padded), rng))
     synth = list(clean(synth, report=report, decontaminator=decon))
     shorter = [p for p in silver if p.chosen_longer is False]
     n_longer = max(0, pairs - n_human - n_safety - len(synth) - len(shorter))
@@ -119,7 +128,8 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The recipe's options; their defaults are the shipped model's recipe."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
@@ -128,13 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (linear warmup and decay)")
     ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--off-topic", type=float, default=0.15, help="share of synthetic off-topic pairs")
+    ap.add_argument("--padded", type=float, default=0.08, help="share of synthetic padded pairs")
+    ap.add_argument("--length-penalty", type=float, default=0.0,
+                    help="weight of |cov(reward, log length)| (trainer/bt/length_head.py); 0 = off")
+    ap.add_argument("--length-head", type=float, default=0.0,
+                    help="weight of ODIN's length-head loss (trainer/bt/length_head.py); 0 = off")
+    ap.add_argument("--length-ortho", type=float, default=1.0, help="weight of the head rows' orthogonality")
+    ap.add_argument("--no-length-control", dest="length_control", action="store_false",
+                    help="ship the raw output (default: fit the length correction, trainer/bt/length_control.py)")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"{args.data}: the shared data folder is needed to rebuild the default model")
 
-    from trainer.bt.config import TrainConfig
     from trainer.bt.train import train
     from trainer.data.record import read_pairs
 
@@ -142,13 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         write_card(args.data, args.work)
         return 0
     t0 = time.time()
-    report = build_data(args.data, args.work, pairs=args.pairs, seed=args.seed)
+    report = build_data(args.data, args.work, pairs=args.pairs, seed=args.seed, off_topic=args.off_topic,
+                        padded=args.padded)
     (args.work / "data_report.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "hygiene"}, indent=2), flush=True)
-    cfg = TrainConfig(max_length=args.max_length, lr=args.lr, schedule="linear", warmup_steps=20,
-                      global_batch=32, per_device_batch=16, length_balance=True, token_types="zeros",
-                      select_on="length_balanced",
-                      threads=2, precision="fp32", eval_every=25, log_every=5, epochs=args.epochs, seed=args.seed)
+    cfg = recipe_config(args)
     run = args.work / "run"
     if not args.skip_train:
         if run.exists():
@@ -157,9 +177,29 @@ def main(argv: list[str] | None = None) -> int:
               notes={"recipe": "app/recipes/default_model.py", "data": report["mix"]})
     train_s = time.time() - t0
     best = run / "best"
+    if args.skip_train and (BUILTIN / "build.json").is_file():  # the training's cost, not this re-export's
+        train_s = json.loads((BUILTIN / "build.json").read_text()).get("wall_seconds", train_s)
+    if args.length_control:
+        from trainer.bt.length_control import fit_length_correction
+
+        fit = fit_length_correction(best, list(read_pairs(args.work / "train.jsonl")), seed=args.seed, threads=2)
+        print(f"length correction: beta {fit['beta']:.4f} per unit of log(1 + characters), "
+              f"fitted on {fit['pairs']} training pairs", flush=True)
     export(best, args.work, report, train_s, cfg)
     write_card(args.data, args.work)
     return 0
+
+
+def recipe_config(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The training settings of the recipe (``bench/default_recipe_sweep.py`` varies them on a GPU)."""
+    from trainer.bt.config import TrainConfig
+
+    settings = dict(max_length=args.max_length, lr=args.lr, schedule="linear", warmup_steps=20,
+                    global_batch=32, per_device_batch=16, length_balance=True, token_types="zeros",
+                    select_on="length_balanced", length_head=args.length_head, length_ortho=args.length_ortho,
+                    length_penalty=args.length_penalty,
+                    threads=2, precision="fp32", eval_every=25, log_every=5, epochs=args.epochs, seed=args.seed)
+    return TrainConfig(**{**settings, **overrides})
 
 
 def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
@@ -175,9 +215,13 @@ def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
     gguf_file = export_gguf(best, stage / "gguf", quants=("q8_0",))[0]
     checks = {"onnx int8": verify(onnx_dir, best).to_dict(), "gguf q8_0": verify(gguf_file, best).to_dict()}
     training = json.loads((best / "training.json").read_text()) if (best / "training.json").is_file() else {}
+    from engine.modelmeta import read_meta
+
+    best_meta = read_meta(best)
     (stage / "build.json").write_text(json.dumps(
         {"data": report, "verify": checks, "training": training, "wall_seconds": round(train_s),
-         "config": cfg.__dict__}, indent=2, default=str))
+         "config": cfg.__dict__, "length_correction": best_meta.get("length_correction"),
+         "length_correction_fit": best_meta.get("length_correction_fit")}, indent=2, default=str))
     if BUILTIN.exists():
         shutil.rmtree(BUILTIN)
     BUILTIN.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +246,9 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     build = json.loads((BUILTIN / "build.json").read_text())
     sections = []
     bias_rows = []  # the benchmarks' own length-bias diagnostics, gathered under the warning
+    gaps: dict[str, float] = {}  # accuracy when chosen is longer minus when it is shorter, points
     with engine.load("default", threads=2) as rm:
+        gold_controlled = _gold_split(rm, work / "gold.jsonl")
         for fmt, rel, limit in CARD_BENCHMARKS:
             out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
             note = f" (first {limit} records)" if limit else ""
@@ -213,27 +259,37 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                     lo, sh = diag["length_bias"]["chosen_longer"], diag["length_bias"]["chosen_shorter"]
                     bias_rows.append(f"| {fmt} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
                                      f"(n={sh['n']}) | {diag['score_length_correlation']['spearman']:.3f} |")
+                    gaps[fmt] = lo["accuracy"] - sh["accuracy"]
     t = build.get("training", {})
     g = t.get("best_gold") or {}
     if not bias_note and g.get("accuracy_chosen_shorter") is not None:
         bias_note = (f"On the held-out gold pairs the shipped checkpoint (step {t.get('best_step')}) is right "
                      f"{g['accuracy_chosen_longer']:.0%} of the time when the chosen answer is the longer one "
                      f"and {g['accuracy_chosen_shorter']:.0%} when it is the shorter one (length-balanced "
-                     f"{g['accuracy_length_balanced']:.1%}, plain {g['accuracy']:.1%}).")
+                     f"{g['accuracy_length_balanced']:.1%}, plain {g['accuracy']:.1%}): the raw output, as "
+                     f"training selected it.")
+        if gold_controlled:
+            bias_note += (f" With length control, as shipped: {gold_controlled['accuracy_chosen_longer']:.0%} and "
+                          f"{gold_controlled['accuracy_chosen_shorter']:.0%} (length-balanced "
+                          f"{gold_controlled['accuracy_length_balanced']:.1%}, plain {gold_controlled['accuracy']:.1%}).")
     if bias_rows:
         bias_note += ("\n\nOn the benchmarks below (accuracy in %):\n\n| benchmark | chosen longer | chosen shorter "
                       "| score-length Spearman |\n|---|---|---|---|\n" + "\n".join(bias_rows) + "\n\n"
-                      "An unbiased model scores about the same in both columns. This one still leans towards "
-                      "the longer answer wherever the two columns differ: a 22.7M-parameter encoder trained "
-                      "for about an hour on ~5k pairs learns length faster than content.")
+                      "An unbiased model scores about the same in both columns. " + lean_sentence(gaps))
     mix = build["data"]["mix"]
+    from engine.modelmeta import read_meta
+
+    shipped_meta = read_meta(BUILTIN / "onnx")
     card = CARD.format(
+        beta=float(shipped_meta.get("length_correction") or 0.0),
+        beta_pairs=(build.get("length_correction_fit") or {}).get("pairs", "the"),
         mix="\n".join(f"| {k} | {v} |" for k, v in mix.items()),
         train_pairs=build["data"]["train_pairs"], gold_pairs=build["data"]["gold_pairs"],
         longer=build["data"]["chosen_longer_share"],
         minutes=round(build["wall_seconds"] / 60), config=json.dumps(
             {k: build["config"].get(k) for k in ("max_length", "lr", "schedule", "warmup_steps", "global_batch",
-                                                 "epochs", "length_balance", "select_on", "token_types")}),
+                                                 "epochs", "length_balance", "length_head", "length_ortho",
+                                                 "select_on", "token_types")}),
         bias_note=bias_note,
         training=json.dumps({k: v for k, v in t.items() if k in ("best_step", "best_gold", "step", "data")}, indent=1,
                             default=str)[:3000],
@@ -245,6 +301,38 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     path.write_text(card, encoding="utf-8")
     print(f"model card written to {path}")
     return path
+
+
+def _gold_split(rm, gold_file: Path) -> dict | None:
+    """Gold accuracy of the model as shipped (length control on), split by which answer is longer."""
+    from engine.types import Item
+    from trainer.bt.metrics import pair_metrics
+    from trainer.data.record import read_pairs
+
+    if not gold_file.is_file():
+        return None
+    pairs = [p for p in read_pairs(gold_file) if not p.tie]
+    s = [x.value for x in rm.score([Item(p.conversation, r) for p in pairs for r in (p.chosen, p.rejected)],
+                                   on_too_long="skip")]
+    keep = [k for k in range(len(pairs)) if s[2 * k] == s[2 * k] and s[2 * k + 1] == s[2 * k + 1]]  # not NaN
+    return pair_metrics([s[2 * k] for k in keep], [s[2 * k + 1] for k in keep], [pairs[k].chosen_longer for k in keep])
+
+
+def lean_sentence(gaps: dict[str, float], tolerance: float = 10.0) -> str:
+    """Which way the model leans, per benchmark, in words (gaps in accuracy points, longer minus shorter)."""
+    longer = [f"{k} ({v:+.0f})" for k, v in gaps.items() if v > tolerance]
+    shorter = [f"{k} ({v:+.0f})" for k, v in gaps.items() if v < -tolerance]
+    even = [k for k, v in gaps.items() if abs(v) <= tolerance]
+    parts = []
+    if even:
+        parts.append(f"Within {tolerance:.0f} points on {', '.join(even)}.")
+    if longer:
+        parts.append(f"Leans towards the longer answer on {', '.join(longer)}.")
+    if shorter:
+        parts.append(f"Leans towards the shorter answer on {', '.join(shorter)}.")
+    return " ".join(parts) + (" (Gaps in accuracy points, chosen longer minus chosen shorter; a benchmark whose "
+                              "better answers differ from its worse ones in more than length can show a gap "
+                              "without any length bias.)")
 
 
 CARD = """# Arbiter's built-in default reward model
@@ -264,11 +352,18 @@ numbers below stand beside random, longer-wins and shorter-wins baselines on the
 items.
 
 **Length bias, measured.** GPT-4-judged pairs teach "longer wins"; this recipe counters it
-four ways: human-labelled pairs, synthetic pairs whose *longer* answer is the worse one
-(another prompt's longer answer; the answer plus an irrelevant paragraph), equal shares of
+in training four ways: human-labelled pairs, synthetic pairs whose *longer* answer is the worse
+one (another prompt's longer answer; the answer plus an irrelevant paragraph), equal shares of
 chosen-longer and chosen-shorter pairs in every epoch, and the checkpoint picked on
-*length-balanced* gold accuracy (the mean of the chosen-longer and chosen-shorter
-accuracies, on which "longer wins" scores 0.5). Read the adversarial rows (LLMBar
+*length-balanced* gold accuracy (the mean of the chosen-longer and chosen-shorter accuracies,
+on which "longer wins" scores 0.5). The trained model still paid for length, so its scores are
+**length-controlled**: every score is the model's output minus {beta:.4f} x log(1 + response
+characters), with the slope fitted on {beta_pairs} of its own training pairs (never a benchmark)
+so that reward differences within a pair no longer follow length differences
+(`trainer/bt/length_control.py`). Every runtime applies it alike; in Python,
+`scorer.length_control = False` gives the raw output. Training-time alternatives were measured
+and not adopted (a penalty on the reward's covariance with length, ODIN's length head: both
+stopped the model learning; see the README). Read the adversarial rows (LLMBar
 Adversarial, RM-Bench hard) and the length-bias lines below before trusting it.
 {bias_note}
 
