@@ -259,7 +259,9 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             "chat_template": tf.chat_template,
             "max_length": tf.max_length,
             "pad_token_id": final_cfg.get("pad_token_id"),
-            "token_types": "segment",
+            # what the model was trained with: a cross-encoder trained on all-zero segment ids
+            # must be fed zeros here too (it was written as "segment" always: a parity bug)
+            "token_types": read_meta(src).get("token_types", "segment"),
             "length_correction": float(read_meta(src).get("length_correction") or 0.0),
             "dtype": quant or "fp32",
             "kept_float": kept_float,

@@ -63,8 +63,8 @@ def test_gguf_and_onnx_files_agree():
         b = np.array([s.value for s in gguf.score(items)])
     same = np.mean([np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]) for i, j in pairs])
     # The same model within quantization noise. ONNX int8's noise (0.025) is large next to this
-    # model's small score gaps: it agrees with torch on 92% of pairs (MODEL_CARD.md), GGUF on
-    # 97%.
+    # model's small score gaps: it agrees with torch on 95% of pairs (MODEL_CARD.md), GGUF on
+    # 98%.
     assert same >= 0.8 and np.abs(a - b).max() <= 0.1, (same, np.abs(a - b).max())
 
 

@@ -82,3 +82,20 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(arch, fmt, onnx_mode
     base = runs["right", 1]
     for key, scores in runs.items():
         assert np.abs(scores - base).max() <= 5e-5, key
+
+
+def test_a_cross_encoder_trained_on_zero_token_types_is_fed_zeros_in_onnx(model_dir, tmp_path):
+    """The trainer's cross-encoders see all-zero segment ids; their ONNX export must say so, or
+    the runtime feeds 1s to the response and the scores drift from torch's."""
+    from engine.modelmeta import read_meta
+    from exports.onnx import export_onnx
+    from tests.models import minilm_reward_model
+
+    src = minilm_reward_model(model_dir / "minilm-zeros-onnx-src", token_types="zeros")
+    out = export_onnx(src, tmp_path / "onnx")
+    assert read_meta(out)["token_types"] == "zeros"
+    items, _ = probe_items()
+    with engine.load(src) as ref, engine.load(out) as onnx:
+        want = np.array([s.value for s in ref.score(items)])
+        got = np.array([s.value for s in onnx.score(items)])
+    assert np.abs(got - want).max() <= 1e-4
