@@ -5,6 +5,8 @@ each variant trains on prepared pairs (``app/recipes/default_model.py`` writes t
 best checkpoint is scored on the adversarial and length-sensitive benchmarks, and one
 table compares them. Nothing here picks on the benchmarks automatically: the table is
 for a person, and gold (held-out human pairs) is what the recipe selects checkpoints on.
+Scores are the raw outputs: the length correction the shipped default gets
+(``trainer/bt/length_control.py``) is not fitted here.
 
     python bench/default_recipe_sweep.py --pairs-dir build/default-model --bench ../shared/data \\
         --variant no-head:train.jsonl:length_head=0 --variant head:train.jsonl
