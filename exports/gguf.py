@@ -202,7 +202,8 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
         raise ModelError(f"{out}: exists and is not empty; choose a new folder")
     from engine.encoding import TokenizerFiles
 
-    files = TokenizerFiles.from_folder(src, read_meta(src))
+    src_meta = read_meta(src)
+    files = TokenizerFiles.from_folder(src, src_meta)
     V = gguf.GGUFValueType
     kvs: dict[str, tuple[object, int]] = {
         "arbiter.format_version": (FORMAT_VERSION, V.UINT32),
@@ -211,7 +212,7 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
         "arbiter.source_sha256": (source_digest(src), V.STRING),
         "arbiter.versions": (json.dumps(_versions()), V.STRING),
     }
-    length_correction = float(read_meta(src).get("length_correction") or 0.0)
+    length_correction = float(src_meta.get("length_correction") or 0.0)
     if length_correction:  # length control travels with the model (engine/scorer.py)
         kvs["arbiter.length_correction"] = (length_correction, V.FLOAT32)
     with tempfile.TemporaryDirectory(prefix="arbiter-gguf-") as tmp:
@@ -242,7 +243,7 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
                     "cls.weight": next(v for k, v in pooler.items() if k.endswith("weight")).float().numpy(),
                     "cls.bias": next(v for k, v in pooler.items() if k.endswith("bias")).float().numpy(),
                 }
-            token_types = read_meta(src).get("token_types", "segment")
+            token_types = src_meta.get("token_types", "segment")
             if token_types != "zeros" and cfg.get("type_vocab_size", 1) > 1:
                 log.warning("%s was trained with segment token types; llama.cpp feeds all zeros, so "
                             "GGUF scores will differ from the source. Train cross-encoders with zero "

@@ -252,6 +252,7 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
 
         tf = TokenizerFiles.from_folder(final)
         is_decoder = tf.chat_template is not None
+        src_meta = read_meta(src)
         write_meta(final, {
             "format": "onnx",
             "architecture": (cfg.get("architectures") or ["unknown"])[0],
@@ -261,8 +262,8 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             "pad_token_id": final_cfg.get("pad_token_id"),
             # what the model was trained with: a cross-encoder trained on all-zero segment ids
             # must be fed zeros here too (it was written as "segment" always: a parity bug)
-            "token_types": read_meta(src).get("token_types", "segment"),
-            "length_correction": float(read_meta(src).get("length_correction") or 0.0),
+            "token_types": src_meta.get("token_types", "segment"),
+            "length_correction": float(src_meta.get("length_correction") or 0.0),
             "dtype": quant or "fp32",
             "kept_float": kept_float,
             "prefix_model": prefix_entry["file"] if prefix_entry else None,

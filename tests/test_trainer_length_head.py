@@ -49,7 +49,7 @@ def test_gold_metrics_report_the_rewards_correlation_with_length():
     m = pair_metrics(rc, rr, [c > r for c, r in zip(chars_c, chars_r, strict=True)], response_chars=(chars_c, chars_r))
     assert m["reward_length_pearson"] == pytest.approx(1.0)
     flat = pair_metrics([0.0] * 3, [0.0] * 3, [None] * 3, response_chars=(chars_c, chars_r))
-    assert flat["reward_length_pearson"] == 0.0  # a constant reward has no correlation to report
+    assert math.isnan(flat["reward_length_pearson"])  # a constant reward has no correlation to report
     assert "reward_length_pearson" not in pair_metrics(rc, rr, [None] * 3)
 
 

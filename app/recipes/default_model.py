@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -314,7 +315,7 @@ def _gold_split(rm, gold_file: Path) -> dict | None:
     pairs = [p for p in read_pairs(gold_file) if not p.tie]
     s = [x.value for x in rm.score([Item(p.conversation, r) for p in pairs for r in (p.chosen, p.rejected)],
                                    on_too_long="skip")]
-    keep = [k for k in range(len(pairs)) if s[2 * k] == s[2 * k] and s[2 * k + 1] == s[2 * k + 1]]  # not NaN
+    keep = [k for k in range(len(pairs)) if not (math.isnan(s[2 * k]) or math.isnan(s[2 * k + 1]))]
     return pair_metrics([s[2 * k] for k in keep], [s[2 * k + 1] for k in keep], [pairs[k].chosen_longer for k in keep])
 
 

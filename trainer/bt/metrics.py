@@ -14,12 +14,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from trainer.eval.diagnostics import pearson
+
 
 def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float],
                  chosen_longer: Sequence[bool | None], losses: Sequence[float] | None = None,
                  response_chars: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
     """``response_chars`` (chosen, rejected) adds ``reward_length_pearson``: the correlation of
-    every reward with log(1 + its response's characters); near 0 when length does not drive it."""
+    every reward with log(1 + its response's characters); near 0 when length does not drive it
+    (NaN when the rewards do not vary)."""
     n = len(r_chosen)
     if n == 0:
         return {"pairs": 0}
@@ -46,14 +51,7 @@ def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float],
     split = (out["accuracy_chosen_longer"], out["accuracy_chosen_shorter"])
     out["accuracy_length_balanced"] = sum(split) / 2 if None not in split else out["accuracy"]
     if response_chars is not None:
-        logs = [math.log1p(c) for c in list(response_chars[0]) + list(response_chars[1])]
-        out["reward_length_pearson"] = _pearson(rewards, logs)
+        logs = np.log1p(np.asarray([*response_chars[0], *response_chars[1]], dtype=np.float64))
+        out["reward_length_pearson"] = pearson(np.asarray(rewards, dtype=np.float64), logs)
     return out
 
-
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0

@@ -116,10 +116,10 @@ def head_of(model: Any) -> tuple[str, Any]:
                      f"{type(inner).__name__} has neither", field="packing")
 
 
-def packed_rewards(model: Any, batch: PackedBatch, device: Any, *, heads: int = 1) -> torch.Tensor:
+def packed_rewards(model: Any, batch: PackedBatch, device: Any, *, n_outputs: int = 1) -> torch.Tensor:
     """One reward per packed sequence, chosen first: the same order as the padded path.
 
-    ``heads=2`` returns ``[2 * pairs, 2]``: every output of the head (the length head's training).
+    ``n_outputs=2`` returns ``[2 * pairs, 2]``: every output of the head (the length head's training).
     """
     kind, head = head_of(model)
     # through the (possibly DDP-wrapped) model, so gradient sync sees the forward
@@ -131,4 +131,4 @@ def packed_rewards(model: Any, batch: PackedBatch, device: Any, *, heads: int = 
     else:
         pooler, dropout, classifier = head
         out = classifier(dropout(pooler.activation(pooler.dense(picked))))
-    return out[:, 0] if heads == 1 else out[:, :heads]
+    return out[:, 0] if n_outputs == 1 else out[:, :n_outputs]

@@ -64,12 +64,12 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _rewards(model: Any, batch: Any, device: Any, *, heads: int = 1) -> torch.Tensor:
-    """[2 * pairs] rewards (output 0, the one saved), or [2 * pairs, heads] with every output."""
+def _rewards(model: Any, batch: Any, device: Any, *, n_outputs: int = 1) -> torch.Tensor:
+    """[2 * pairs] rewards (output 0, the one saved), or [2 * pairs, n_outputs] with every output."""
     if isinstance(batch, PackedBatch):
-        return packed_rewards(model, batch, device, heads=heads)
+        return packed_rewards(model, batch, device, n_outputs=n_outputs)
     logits = model(**batch.model_inputs(device)).logits
-    return logits[:, 0] if heads == 1 else logits[:, :heads]
+    return logits[:, 0] if n_outputs == 1 else logits[:, :n_outputs]
 
 
 def evaluate(model: Any, data: EncodedPairs, pad_id: int, cfg: TrainConfig, accelerator: Any) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: I
             batch = (pack(idx, data, pad_id, cfg.max_length, causal=b.kind == "chat") if cfg.packing
                      else collate(idx, data, pad_id))
             with accelerator.accumulate(model):
-                outputs = _rewards(model, batch, accelerator.device, heads=heads(cfg))
+                outputs = _rewards(model, batch, accelerator.device, n_outputs=heads(cfg))
                 # with the length head, Bradley-Terry fits quality + length; only quality is saved
                 r = outputs.sum(dim=1) if outputs.dim() == 2 else outputs
                 rc, rr = r[: batch.pairs], r[batch.pairs:]

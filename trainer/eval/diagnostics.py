@@ -60,7 +60,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; NaN where it is undefined (fewer than 2 points, or no spread)."""
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
         return math.nan
     return float(np.corrcoef(x, y)[0, 1])
@@ -70,7 +71,7 @@ def score_length_correlation(scored: Sequence[Scored]) -> dict[str, float]:
     """Pearson and Spearman correlation between a response's score and its length (chars)."""
     scores = np.array([v for s in scored for v in s.scores], dtype=float)
     lengths = np.array([len(t) for s in scored for t in s.record.responses], dtype=float)
-    return {"pearson": _pearson(scores, lengths), "spearman": _pearson(_ranks(scores), _ranks(lengths)),
+    return {"pearson": pearson(scores, lengths), "spearman": pearson(_ranks(scores), _ranks(lengths)),
             "n": len(scores)}
 
 
