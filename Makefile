@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test install lint bench clean default-model
+.PHONY: run test install lint bench clean default-model fuzz crash-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,21 @@ test: install
 	$(VENV)/bin/ruff check engine app trainer exports tests bench
 	$(PY) -m pytest -q
 
+# every hypothesis fuzz target, >= 1,000 cases each (make test runs the same targets, short)
+fuzz: install
+	ARBITER_FUZZ=long $(PY) -m pytest -q -m fuzz tests
+
+# the crash suite with 20 SIGKILLs per job (make test runs 5); ARBITER_CRASH_SEED=N replays a failure
+crash-test: install
+	ARBITER_CRASH_KILLS=20 $(PY) -m pytest -q tests/test_crash.py
+
 bench: install
 	$(PY) bench/throughput.py
 	$(PY) bench/bon.py
 
 # Rebuild the built-in default model (needs ../shared/data; about an hour on 2 CPU cores)
 default-model: install
-	$(PY) -m app.recipes.default_model
+	$(PY) -m app.pipelines.default_model
 
 clean:
 	rm -rf $(VENV)

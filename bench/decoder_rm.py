@@ -14,8 +14,8 @@ from pathlib import Path
 def smollm2_reward_model(out: Path, *, seed: int = 0) -> Path:
     import torch
 
-    from tests.models import smollm2_gguf
     from trainer.bt.gguf_base import load_model, save_tokenizer
+    from trainer.reference_models import smollm2_gguf
 
     gguf = smollm2_gguf()
     save_tokenizer(gguf, out)

@@ -1,7 +1,7 @@
 """Variants of the default model's recipe, trained and evaluated side by side (meant for a GPU).
 
 The CPU build takes an hour, so recipe choices against the length bias are made here:
-each variant trains on prepared pairs (``app/recipes/default_model.py`` writes them), its
+each variant trains on prepared pairs (``app/pipelines/default_model.py`` writes them), its
 best checkpoint is scored on the adversarial and length-sensitive benchmarks, and one
 table compares them. Nothing here picks on the benchmarks automatically: the table is
 for a person, and gold (held-out human pairs) is what the recipe selects checkpoints on.
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import engine
-    from app.recipes import default_model
+    from app.pipelines import default_model
     from trainer.bt.train import train
     from trainer.data.record import read_pairs
     from trainer.eval.runner import run_model

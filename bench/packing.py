@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from app.recipes.default_model import minilm_dir
+    from app.pipelines.default_model import minilm_dir
     from bench.decoder_rm import smollm2_reward_model
     from bench.throughput import load_pairs
     from trainer.data import pair

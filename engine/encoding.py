@@ -16,12 +16,12 @@ response that alone does not fit is refused (:class:`InputTooLongError`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from engine.errors import InputTooLongError, ModelError
+from engine.modelmeta import meta_field_error, read_config, read_json_object
 from engine.templates import ChatTemplate, conversation_as_text
 from engine.types import Item, Message
 
@@ -35,15 +35,6 @@ class Encoded:
     type_ids: tuple[int, ...] | None  # cross-encoders only
     cut_tokens: int  # conversation tokens dropped from the start
     prompt_len: int  # tokens before the response starts (shared by Best-of-N candidates)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not readable JSON ({e})") from e
 
 
 def _token_text(value: Any) -> str | None:
@@ -63,6 +54,8 @@ class TokenizerFiles:
     pad_token_id: int | None
     max_length: int
     token_types: Literal["segment", "zeros"]
+    #: where ``max_length`` comes from (file and field), for the error that refuses more
+    max_length_source: str = ""
 
     @staticmethod
     def from_folder(folder: Path, arbiter_meta: dict[str, Any] | None = None) -> TokenizerFiles:
@@ -75,31 +68,57 @@ class TokenizerFiles:
                 "AutoTokenizer.from_pretrained(...).save_pretrained(folder)."
             )
         meta = arbiter_meta or {}
-        cfg = _read_json(folder / "config.json")
-        tcfg = _read_json(folder / "tokenizer_config.json")
-        template = meta.get("chat_template")
-        if template is None:
-            jinja = folder / "chat_template.jinja"
-            template = jinja.read_text(encoding="utf-8") if jinja.is_file() else tcfg.get("chat_template")
-            if isinstance(template, list):  # named templates: take the default one
-                template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        specials = {k: _token_text(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        limits = [
-            v for v in (
-                meta.get("max_length"),
-                cfg.get("max_position_embeddings"),
-                tcfg.get("model_max_length"),
-            ) if isinstance(v, int) and 0 < v < 10**7
-        ]
+        cfg = read_config(folder)
+        tcfg = read_json_object(folder / "tokenizer_config.json")
+        limit, source = _trained_length(folder, meta, cfg, tcfg)
         pad_id = meta.get("pad_token_id", cfg.get("pad_token_id"))
         return TokenizerFiles(
             tokenizer_path=tok_path,
-            chat_template=template or None,
-            special_tokens=specials,
-            pad_token_id=pad_id if isinstance(pad_id, int) else None,
-            max_length=min(limits) if limits else 512,
-            token_types=meta.get("token_types", "segment"),
+            chat_template=_chat_template(folder, meta, tcfg),
+            special_tokens={k: _token_text(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token",
+                                                                  "unk_token")},
+            pad_token_id=pad_id if type(pad_id) is int else None,
+            max_length=limit,
+            token_types=meta.get("token_types") or "segment",
+            max_length_source=source,
         )
+
+
+#: a tokenizer_config.json model_max_length at or above this is transformers' "no limit" (1e30)
+_NO_LIMIT = 10**7
+
+
+def _trained_length(folder: Path, meta: dict[str, Any], cfg: dict[str, Any],
+                    tcfg: dict[str, Any]) -> tuple[int, str]:
+    """The longest input the model was made for, in tokens, and the file and field that say so.
+
+    The smallest of arbiter.json ``max_length``, config.json ``max_position_embeddings`` and
+    tokenizer_config.json ``model_max_length``; 512 when none says (BERT's table size).
+    """
+    found = [(v, f"{folder / name}: {key}") for name, data, key in (
+        ("arbiter.json", meta, "max_length"),
+        ("config.json", cfg, "max_position_embeddings"),
+        ("tokenizer_config.json", tcfg, "model_max_length"),
+    ) if type(v := data.get(key)) is int and 0 < v < _NO_LIMIT]
+    return min(found) if found else (512, f"{folder}: no length in its metadata, 512 assumed")
+
+
+def _chat_template(folder: Path, meta: dict[str, Any], tcfg: dict[str, Any]) -> str | None:
+    """arbiter.json's template, else chat_template.jinja, else tokenizer_config.json's (typed)."""
+    template = meta.get("chat_template")
+    if template is None:
+        jinja = folder / "chat_template.jinja"
+        try:
+            template = jinja.read_text(encoding="utf-8") if jinja.is_file() else tcfg.get("chat_template")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"{jinja}: not readable as UTF-8 text ({e})") from e
+        if isinstance(template, list):  # named templates: take the default one
+            named = [t for t in template if isinstance(t, dict)]
+            template = next((t.get("template") for t in named if t.get("name") == "default"), None)
+    if template is not None and not isinstance(template, str):
+        raise meta_field_error(folder / "tokenizer_config.json", "chat_template", template,
+                               "a string or a list of {name, template} objects")
+    return template or None
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
@@ -107,8 +126,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on bad files
-        raise ModelError(f"{path}: not a valid tokenizer.json ({e})") from e
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # a bare Exception on bad files; a Rust panic is a BaseException
+        raise ModelError(f"{path}: not a valid tokenizer.json ({str(e)[:200]})") from e
     tok.no_truncation()  # truncation is ours (see the module docstring)
     tok.no_padding()
     return tok
@@ -157,6 +178,7 @@ class HFTextTokenizer:
 
     def __init__(self, path: Path) -> None:
         self.tokenizer = load_tokenizer(path)
+        self.path = path
 
     def ids(self, text: str, add_special: bool) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special).ids
@@ -171,14 +193,41 @@ class HFTextTokenizer:
         # post-process two one-token sentinels and read where the specials landed
         tok = self.tokenizer
         a, b = tok.encode("a", add_special_tokens=False), tok.encode("b", add_special_tokens=False)
-        if len(a.ids) != 1 or len(b.ids) != 1 or a.ids == b.ids:
-            raise ModelError("cannot learn this tokenizer's text-pair layout")
         enc = tok.post_process(a, b, add_special_tokens=True)
         ids, types = enc.ids, enc.type_ids
+        if len(a.ids) != 1 or len(b.ids) != 1 or a.ids == b.ids or a.ids[0] not in ids or b.ids[0] not in ids:
+            raise ModelError(f"{self.path}: cannot learn this tokenizer's text-pair layout (it does not "
+                             "encode 'a' and 'b' as one token each)")
         ia, ib = ids.index(a.ids[0]), len(ids) - 1 - ids[::-1].index(b.ids[0])
         return PairLayout(tuple(ids[:ia]), tuple(ids[ia + 1:ib]), tuple(ids[ib + 1:]),
                           (tuple(types[:ia]), types[ia], tuple(types[ia + 1:ib]), types[ib],
                            tuple(types[ib + 1:])))
+
+
+def _max_length(files: TokenizerFiles, requested: int | None) -> int:
+    """The token limit to encode to: the model's own, or a smaller one that was asked for.
+
+    More than the model was trained for is refused: its position table ends there, so longer
+    input makes llama.cpp abort (GGML_ASSERT in get_rows) and onnxruntime fail mid-run.
+    """
+    limit = files.max_length
+    if requested is None:
+        return limit
+    if type(requested) is not int or requested < 1:
+        raise ModelError(f"max_length {requested!r}: expected a positive number of tokens")
+    if requested > limit:
+        source = files.max_length_source or (
+            f"{files.tokenizer_path}: context_length / arbiter.max_length"
+            if files.tokenizer_path.suffix == ".gguf" else f"{files.tokenizer_path}: its metadata")
+        raise ModelError(f"max_length {requested} is more than this model was trained for: {limit} "
+                         f"tokens ({source}). Use --max-length {limit} or less.")
+    return requested
+
+
+def _template_origin(files: TokenizerFiles) -> str:
+    """Where a chat template came from, for its error messages: the GGUF file, or the folder."""
+    p = files.tokenizer_path
+    return str(p if p.suffix == ".gguf" else p.parent)
 
 
 class Encoder:
@@ -188,9 +237,10 @@ class Encoder:
                  tokenizer: TextTokenizer | None = None) -> None:
         self.files = files
         self.tokenizer: TextTokenizer = tokenizer or HFTextTokenizer(files.tokenizer_path)
-        self.max_length = max_length or files.max_length
+        self.max_length = _max_length(files, max_length)
         self.template = (
-            ChatTemplate(files.chat_template, files.special_tokens) if files.chat_template else None
+            ChatTemplate(files.chat_template, files.special_tokens, origin=_template_origin(files))
+            if files.chat_template else None
         )
         bos = files.special_tokens.get("bos_token")
         bos_id = self.tokenizer.token_to_id(bos) if bos else None

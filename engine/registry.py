@@ -12,6 +12,7 @@ models folder, or a path. Formats are recognised by content, not by name:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,22 +60,77 @@ class Entry:
     builtin: bool = False
 
 
-def default_model_path() -> Path | None:
-    """The built-in default model, when the package ships one.
+#: the default's copies, by format: where each lives under builtin/default, and the module its
+#: runtime needs
+_DEFAULT_COPIES: dict[str, tuple[str, str]] = {"onnx": ("onnx", "onnxruntime"), "gguf": ("gguf", "llama_cpp")}
+#: written by the default model's pipeline: which copy is fastest here at the same accuracy
+RUNTIME_FILE = "runtime.json"
 
-    The GGUF q8_0 file when llama-cpp-python is installed (it tracks the trained model
-    closely: same winner on 98.3% of probe pairs against 85% for ONNX int8, whose
-    dynamic activation scales are coarse next to this small model's score spread),
-    else the ONNX int8 folder.
+
+@dataclass(frozen=True, slots=True)
+class DefaultChoice:
+    """Which shipped copy ``--model default`` opens, and why (``arbiter models info default``)."""
+
+    path: Path
+    format: Format
+    reason: str
+
+
+def _default_copy(root: Path, fmt: str) -> Path | None:
+    sub = root / _DEFAULT_COPIES[fmt][0]
+    if fmt == "gguf":
+        return next(iter(sorted(sub.glob("*.gguf"))), None)
+    return sub if any(sub.glob("*.onnx")) else None
+
+
+def _measured_order(root: Path) -> tuple[list[str], str]:
+    """Formats fastest first, from the pipeline's measurement; (order, why)."""
+    import json
+
+    try:
+        rec = json.loads((root / RUNTIME_FILE).read_text(encoding="utf-8"))
+        order = [f for f in rec["order"] if f in _DEFAULT_COPIES]
+        return order + [f for f in _DEFAULT_COPIES if f not in order], str(rec["why"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(_DEFAULT_COPIES), "no runtime measurement shipped; ONNX first"
+
+
+def default_choice(format: Format | None = None) -> DefaultChoice | None:
+    """The built-in default model's copy to open: ``format``'s when asked for, else the
+    fastest one measured (``runtime.json``, written by ``make default-model``) whose
+    runtime is installed. None when the package ships no default model.
+
+    Measured, not habit: the GGUF copy was the default, but llama.cpp's CPU kernels are the
+    slow path for this small encoder (issue 13: RM-Bench, 1,716 items, 283 s GGUF q8_0, 46 s ONNX
+    int8, same accuracy).
     """
     import importlib.util
 
     root = builtin_dir() / "default"
-    gguf = next(iter(sorted((root / "gguf").glob("*.gguf"))), None)
-    onnx = root / "onnx" if any((root / "onnx").glob("*.onnx")) else None
-    if gguf and importlib.util.find_spec("llama_cpp") is not None:
-        return gguf
-    return onnx or gguf
+    copies = {f: p for f in _DEFAULT_COPIES if (p := _default_copy(root, f)) is not None}
+    if not copies:
+        return None
+    if format is not None:
+        if format not in copies:
+            raise ModelError(f"the built-in default model has no {format} copy; it ships "
+                             f"{', '.join(sorted(copies))} (--format {' or '.join(sorted(copies))})")
+        return DefaultChoice(copies[format], format, f"--format {format} asked for it")
+    order, why = _measured_order(root)
+    for fmt in order:
+        if fmt in copies and importlib.util.find_spec(_DEFAULT_COPIES[fmt][1]) is not None:
+            first = next(f for f in order if f in copies)
+            if fmt == first:
+                return DefaultChoice(copies[fmt], fmt, why)  # type: ignore[arg-type]
+            return DefaultChoice(copies[fmt], fmt,  # type: ignore[arg-type]
+                                 f"{first} would be faster ({why}), but its runtime is not installed")
+    fmt = next(f for f in order if f in copies)
+    return DefaultChoice(copies[fmt], fmt, "no runtime for any copy is installed")  # type: ignore[arg-type]
+
+
+def default_model_path(format: Format | None = None) -> Path | None:
+    """The built-in default model's file or folder (see :func:`default_choice`), or None."""
+    choice = default_choice(format)
+    return choice.path if choice else None
 
 
 def _no_default() -> ModelError:
@@ -99,11 +155,15 @@ def list_models() -> list[Entry]:
     return entries
 
 
-def resolve(spec: str | Path) -> Entry:
-    """A spec (``default``, a registered name, or a path) -> the model's entry."""
+def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
+    """A spec (``default``, a registered name, or a path) -> the model's entry.
+
+    ``format`` picks the default model's copy (it ships one per format); other specs are one
+    model in one format, and :func:`load` hands ``format`` to the backend as before.
+    """
     spec_s = str(spec)
     if spec_s == DEFAULT:
-        path = default_model_path()
+        path = default_model_path(format)
         if path is None:
             raise _no_default()
         return Entry(DEFAULT, path, detect_format(path), builtin=True)
@@ -118,6 +178,29 @@ def resolve(spec: str | Path) -> Entry:
                      f"{', '.join(names) if names else 'none'} (add one with `arbiter models add PATH`)")
 
 
+def _validate(path: Path, fmt: Format) -> None:
+    """The checks a load makes before any runtime sees the files, so a bad model is not registered.
+
+    GGUF: the whole header, the hyperparameters llama.cpp asserts on and Arbiter's head. A
+    folder: arbiter.json, config.json and tokenizer_config.json typed, and tokenizer.json
+    parsed when the tokenizers package is installed.
+    """
+    if fmt == "gguf":
+        from engine.gguf_file import read_model_header
+
+        read_model_header(path)
+        return
+    from engine.encoding import TokenizerFiles, load_tokenizer
+    from engine.modelmeta import read_config, read_meta
+
+    folder = path if path.is_dir() else path.parent
+    meta = read_meta(folder)
+    read_config(folder)
+    files = TokenizerFiles.from_folder(folder, meta)
+    if importlib.util.find_spec("tokenizers") is not None:
+        load_tokenizer(files.tokenizer_path)
+
+
 def add(path: Path, name: str | None = None) -> Entry:
     """Copy a model into the models folder (validated first; a failed copy leaves nothing)."""
     path = Path(path).expanduser().resolve()
@@ -128,6 +211,7 @@ def add(path: Path, name: str | None = None) -> Entry:
     dest = models_dir() / name
     if dest.exists():
         raise ModelError(f"a model named {name!r} exists already; remove it or choose --name")
+    _validate(path, fmt)  # what loading would refuse is refused before anything is copied
     tmp = models_dir() / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     if path.is_dir():
@@ -165,6 +249,6 @@ def backend_class(fmt: Format) -> type[Scorer]:
 
 def load(spec: str | Path = DEFAULT, *, format: Format | None = None, **options) -> Scorer:
     """Open a model as a :class:`Scorer`. ``options``: device, threads, max_length, batch_size."""
-    entry = resolve(spec)
+    entry = resolve(spec, format=format)
     fmt = format or entry.format
     return backend_class(fmt)(entry.path, name=entry.name, **options)

@@ -10,8 +10,12 @@ already-encoded sequences. Everything users call is built on top of it here:
 * :meth:`Scorer.compare`: two responses, their margin and P(A better than B);
 * :meth:`Scorer.rank`: Best-of-N, best first.
 
-Backends that can share the prompt between candidates (GGUF, ONNX with past)
-override :meth:`Scorer._score_shared_prompt`.
+Prompt sharing (Best-of-N, compare) is decided here, once for every backend: the
+candidates are encoded, a candidate shares only when the conversation's own tokens
+prefix its tokenization and nothing was cut, and every other candidate is scored in
+full, so shared scores equal full scoring. A backend that can compute a prompt once
+(GGUF, ONNX with its with-past graph) passes ``prompt_sharing=True`` to the
+constructor and implements :meth:`Scorer._score_tails`.
 
 Length control: a model whose metadata carries ``length_correction`` (beta) scores
 ``output - beta * log(1 + response characters)``, the same in every format. Beta is fitted
@@ -23,6 +27,7 @@ Set ``scorer.length_control = False`` for the raw output.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -44,6 +49,8 @@ from engine.types import (
     conversation,
     ranking_from_scores,
 )
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]  # (items done, items in total or None when streaming)
 
@@ -101,21 +108,50 @@ def _as_item(x: Item | tuple) -> Item:
 
 
 class Scorer(ABC):
-    """A loaded reward model. Subclasses: ONNX, GGUF, torch backends."""
+    """A loaded reward model. Subclasses: ONNX, GGUF, torch backends.
 
-    info: ModelInfo
-    encoder: Encoder
-    #: items per forward pass
-    batch_size: int = 16
+    A backend opens its runtime, builds its :class:`Encoder` and :class:`ModelInfo`, then
+    calls ``super().__init__(info, encoder, ...)``; every attribute the shared code reads is
+    set there, so no scorer is ever half made.
+    """
+
     #: padding side for decoders (their scores do not depend on it; tested). Cross-encoders
     #: always pad right: BERT's absolute position embeddings make left padding shift
     #: every position and change the score.
     padding_side: str = "right"
 
+    def __init__(self, info: ModelInfo, encoder: Encoder, *, batch_size: int = 16,
+                 prompt_sharing: bool = False, share_prompt_by_default: bool = True) -> None:
+        """``prompt_sharing``: this backend implements :meth:`_score_tails` for this model.
+        ``share_prompt_by_default``: rank/compare share when the caller does not say
+        (``shared_prompt=None``); False where sharing moves scores (ONNX dynamic int8)."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
+        self.info = info
+        self.encoder = encoder
+        #: items per forward pass
+        self.batch_size = batch_size
+        self.prompt_sharing = prompt_sharing
+        self.share_prompt_by_default = share_prompt_by_default
+        self._model_beta = info.length_correction  # the model's own beta, kept while control is off
+        self._length_control = True
+
     # ---- what a backend implements ------------------------------------------------
     @abstractmethod
     def _forward(self, batch: Batch) -> np.ndarray:
         """One score per row, float64, shape [batch]."""
+
+    def _score_tails(self, prompt: Sequence[int], tails: Sequence[Sequence[int]]) -> list[float]:
+        """Raw outputs (before length control) of ``prompt + tail`` for each tail, the prompt computed once.
+
+        Called only when the constructor got ``prompt_sharing=True``. ``prompt`` is the
+        conversation's token ids (BOS included, as the encoder makes them); every tail is
+        non-empty and ``prompt + tail`` is exactly a candidate's full tokenization with
+        trailing pad ids removed, so its last token is the one full scoring reads. Each value
+        must equal full scoring of ``prompt + tail`` (the sharing tests hold backends to it).
+        Scorer has checked the boundary and scores the other candidates itself.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not share prompts")
 
     def close(self) -> None:  # noqa: B027 - optional hook; most runtimes free on GC
         """Free runtime resources. Using the scorer afterwards is an error."""
@@ -130,14 +166,13 @@ class Scorer(ABC):
     @property
     def length_control(self) -> bool:
         """Whether the model's length correction is applied (see the module docstring)."""
-        return self.__dict__.get("_length_control", True)
+        return self._length_control
 
     @length_control.setter
     def length_control(self, on: bool) -> None:
         """Off: raw outputs, and ``info.length_correction`` reads 0, so stored results say which they are."""
-        beta = self.__dict__.setdefault("_model_beta", self.info.length_correction)
         self._length_control = bool(on)
-        self.info = dataclasses.replace(self.info, length_correction=beta if on else 0.0)
+        self.info = dataclasses.replace(self.info, length_correction=self._model_beta if on else 0.0)
 
     def length_term(self, response: str) -> float:
         """What length control subtracts from this response's output (0 without a correction)."""
@@ -215,15 +250,42 @@ class Scorer(ABC):
         return list(self.iter_scores(items, **kwargs))
 
     # ---- one conversation, several responses -----------------------------------------
+    def _scored_ids(self, e: Encoded) -> list[int]:
+        """The ids up to the token the score is read from: trailing pad ids dropped (pad == EOS
+        in many chat models, and the classifier reads the last non-pad token)."""
+        ids = list(e.ids)
+        pad = self.encoder.pad_token_id
+        while len(ids) > 1 and ids[-1] == pad:
+            ids.pop()
+        return ids
+
     def _score_shared_prompt(self, conv: Conversation, responses: Sequence[str]) -> list[Score] | None:
         """Score responses that share one conversation, computing the prompt once.
 
-        Returns None when the backend cannot (the caller falls back to full scoring).
+        A candidate shares only when the prompt's tokens prefix its own tokenization and
+        nothing was cut (a BPE merge across the boundary, or truncation, breaks that); the
+        others are scored in full, so every score equals full scoring. Raw outputs (the caller
+        applies length control). None when the model cannot share (no hook, a cross-encoder,
+        which attends both ways) or no candidate's tokens start with the prompt's.
         """
-        return None
-
-    #: whether rank/compare share the prompt when the caller does not say (shared_prompt=None)
-    share_prompt_by_default: bool = True
+        if not self.prompt_sharing or self.encoder.kind != "chat":
+            return None
+        items = [Item(conv, r) for r in responses]
+        encoded = [self.encode(it) for it in items]
+        prompt = list(self.encoder.prompt_ids(items[0]))
+        p = len(prompt)
+        ids = [self._scored_ids(e) for e in encoded]
+        ok = [i for i, (e, t) in enumerate(zip(encoded, ids, strict=True))
+              if not e.cut_tokens and len(t) > p and t[:p] == prompt]
+        if not ok:
+            return None
+        scores = dict(zip(ok, self._score_tails(prompt, [ids[i][p:] for i in ok]), strict=True))
+        rest = [i for i in range(len(encoded)) if i not in scores]
+        if rest:
+            log.debug("%d candidate(s) cross the prompt's token boundary; scored in full", len(rest))
+            scores |= dict(zip(rest, self._score_encoded([encoded[i] for i in rest], self.batch_size, None),
+                               strict=True))
+        return [Score(scores[i], len(e.ids), e.cut_tokens) for i, e in enumerate(encoded)]
 
     def _score_candidates(self, conv: Conversation, responses: Sequence[str],
                           shared: bool | None) -> tuple[list[Score], bool]:

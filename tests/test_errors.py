@@ -76,3 +76,21 @@ def test_requested_gpu_falls_back_loudly(onnx_models):
     with pytest.warns(ProviderFallbackWarning, match="FALLING BACK TO CPU"):
         rm = engine.load(onnx_models["minilm", "fp32"], device="cuda")
     assert rm.info.provider == "cpu"
+
+
+def test_the_writer_refuses_nan_and_a_failed_write_keeps_the_old_file(tmp_path):
+    """Issue 13, defects 9 and 10: bare NaN reached output files; a failed run left temp files."""
+    import math
+
+    from engine.output import atomic_output, json_line
+
+    with pytest.raises(InputError, match=r"in\.jsonl:7: holds a NaN or infinite number"):
+        json_line({"score": math.nan}, source="in.jsonl", line=7)
+    with pytest.raises(InputError):
+        json_line({"nested": [1.0, -math.inf]})
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    with pytest.raises(RuntimeError), atomic_output(out) as f:
+        f.write("half")
+        raise RuntimeError("the run failed midway")
+    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]

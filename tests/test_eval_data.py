@@ -42,7 +42,7 @@ def test_judgebench_known_answer_through_the_cli(shared_data, tmp_path, capsys):
     ("llmbar/Dataset/LLMBar/Natural/dataset.json", "llmbar", 100),
     ("llmbar/Dataset/LLMBar/Adversarial/Neighbor/dataset.json", "llmbar", 134),
     ("pandalm/testset-v1.json", "pandalm", 999),
-    ("auto-j/testdata_pairwise.jsonl", "autoj", 1392),
+    ("auto-j/testdata_pairwise.jsonl", "auto-j", 1392),
     ("oasst-en100/pairs_from_ranks.jsonl", "pairwise", 754),
 ])
 def test_loaders_on_real_files(shared_data, rel, fmt, n):
@@ -51,11 +51,11 @@ def test_loaders_on_real_files(shared_data, rel, fmt, n):
     recs = load(fmt, path)
     assert len(recs) == n
     assert all(r.responses and r.conversation for r in recs)
-    assert len({r.key for r in recs}) == n or fmt in ("llmbar", "autoj")
+    assert len({r.key for r in recs}) == n or fmt in ("llmbar", "auto-j")
 
 
 def test_ties_on_real_files_are_counted(shared_data):
-    autoj = load("autoj", shared_data / "auto-j/testdata_pairwise.jsonl")
+    autoj = load("autoj", shared_data / "auto-j/testdata_pairwise.jsonl")  # the old name still works
     assert sum(r.tie for r in autoj) == 373
     panda = load("pandalm", shared_data / "pandalm/testset-v1.json")
     assert 85 <= sum(r.tie for r in panda) < 200  # 85 unanimous ties plus majority ties

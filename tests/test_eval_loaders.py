@@ -51,9 +51,12 @@ def test_bad_rows_name_file_line_and_field(tmp_path, fmt, row, field):
 
 
 def test_json_array_rows_are_numbered(tmp_path):
-    f = write(tmp_path / "llmbar.json", [{"input": "q", "output_1": "a", "output_2": "b", "label": 1},
-                                         {"input": "q", "output_1": "a", "label": 1}], jsonl=False)
-    with pytest.raises(InputError, match=r"llmbar.json:2: field 'output_2': missing"):
+    rows = [{"input": "q", "output_1": "a", "output_2": "b", "label": 1}, {"input": "q", "output_1": "a", "label": 1}]
+    f = write(tmp_path / "llmbar.json", rows, jsonl=False)
+    with pytest.raises(InputError, match=r"llmbar.json:1: field 'output_2': missing \(array item 2\)"):
+        load("llmbar", f)
+    f.write_text(json.dumps(rows, indent=2))  # the line the item starts on, and its number
+    with pytest.raises(InputError, match=r"llmbar.json:8: field 'output_2': missing \(array item 2\)"):
         load("llmbar", f)
 
 

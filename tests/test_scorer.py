@@ -44,8 +44,9 @@ def test_cancel_stops_before_the_next_batch(rm):
 
 def test_cancel_from_another_thread(rm):
     token = CancelToken()
-    threading.Timer(0.0, token.cancel).start()
-    threading.Event().wait(0.05)
+    canceller = threading.Thread(target=token.cancel)
+    canceller.start()
+    canceller.join()  # not a sleep: on a loaded machine a timer thread may not have run yet
     with pytest.raises(Cancelled):
         rm.score([Item.of("q", "r")] * 10, cancel=token)
 
@@ -71,3 +72,67 @@ def test_info_describes_the_model(rm):
     assert info.pooling == "last" and info.chat_template and info.provider == "cpu"
     onnx_file = next(f for f in info.files if f.path == "model.onnx")
     assert len(onnx_file.sha256) == 64 and onnx_file.size > 1_000_000
+
+
+# ---- the constructor and the prompt-sharing rules (engine/scorer.py) -----------------------
+def test_constructor_sets_batch_size_and_length_control(onnx_models):
+    from engine.paths import builtin_dir
+
+    with engine.load(onnx_models["llama", "fp32"], batch_size=3) as rm:
+        assert rm.batch_size == 3 and rm.length_control is True and rm.prompt_sharing is True
+    default = builtin_dir() / "default" / "onnx"
+    if not any(default.glob("*.onnx")):
+        pytest.skip("this build ships no default model")
+    with engine.load(default) as rm:  # the default carries a length correction (beta)
+        beta = rm.info.length_correction
+        assert beta > 0
+        rm.length_control = False
+        assert rm.info.length_correction == 0.0 and rm.length_control is False
+        rm.length_control = True
+        assert rm.info.length_correction == beta
+
+
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_a_batch_size_below_one_is_refused(onnx_models, batch_size):
+    with pytest.raises(engine.InputError, match="batch size must be at least 1"):
+        engine.load(onnx_models["llama", "fp32"], batch_size=batch_size)
+
+
+def test_scorer_decides_which_candidates_share_and_the_hook_scores_only_tails(onnx_models):
+    """The boundary rules are Scorer's: the hook sees the prompt once and, per sharing
+    candidate, the tail that completes its own tokenization; a merged candidate is scored in full."""
+    from engine.backends.onnx import OnnxScorer
+
+    calls = []
+
+    class Recording(OnnxScorer):
+        def _score_tails(self, prompt, tails):
+            calls.append((list(prompt), [list(t) for t in tails]))
+            return super()._score_tails(prompt, tails)
+
+    conv = [{"role": "user", "content": "Say something."}]
+    cands = ["Hello there.", "\n\n\n", "Hi!"]  # "\n\n\n" merges across the template's boundary
+    with Recording(onnx_models["qwen3", "fp32"]) as rm:
+        shared = rm.rank(conv, cands)
+        full = rm.rank(conv, cands, shared_prompt=False)
+        prompt = rm.encoder.prompt_ids(Item.of(conv, cands[0]))
+        scored = [rm._scored_ids(rm.encode(Item.of(conv, c))) for c in cands]
+    assert shared.prompt_shared and not full.prompt_shared
+    assert len(calls) == 1
+    got_prompt, tails = calls[0]
+    assert got_prompt == prompt
+    assert [got_prompt + t for t in tails] == [scored[0], scored[2]]  # not the merged one
+    assert all(tails)
+    by_index = {c.index: c.score.value for c in shared.candidates}
+    for c in full.candidates:
+        assert by_index[c.index] == pytest.approx(c.score.value, abs=1e-4)
+
+
+def test_a_backend_without_the_hook_scores_in_full(hf_models):
+    with engine.load(hf_models["qwen3"]) as rm:  # torch: no prompt sharing
+        assert rm.prompt_sharing is False
+        assert rm._score_shared_prompt(engine.conversation("Name a prime."), ["7", "8"]) is None
+        r = rm.rank("Name a prime.", ["7", "8"], shared_prompt=True)
+        want = [s.value for s in rm.score([Item.of("Name a prime.", c) for c in ("7", "8")])]
+    assert r.prompt_shared is False
+    assert [c.score.value for c in sorted(r.candidates, key=lambda c: c.index)] == pytest.approx(want, abs=1e-6)

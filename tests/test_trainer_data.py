@@ -187,7 +187,7 @@ REAL = {  # file -> (format, pairs imported with errors="skip" and ties kept, ro
     "alpacaeval-gpt4-prefs/test.jsonl.gz": ("alpacaeval", 1600, 0),
     "hh-rlhf/harmless-base-test.jsonl.gz": ("hh-rlhf", 2307, 5),
     "oasst-en100/pairs_from_ranks.jsonl": ("oasst", 754, 0),
-    "pandalm/testset-v1.json": ("pandalm", 993, 6),
+    "pandalm/testset-v1.json": ("pandalm", 999, 0),  # six answers stored as JSON true: read as "true"
     "auto-j/testdata_pairwise.jsonl": ("auto-j", 1392, 0),
 }
 

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
 
 from engine.errors import InputError
+from tests.length_pairs import mixed_pairs, unconfounded_pairs
 from trainer.bt import length_head
 from trainer.bt.config import TrainConfig
 from trainer.bt.train import train
-from trainer.data import pair
-
-GOOD = ["great", "wonderful", "excellent", "helpful", "kind", "clear", "correct", "lovely"]
-BAD = ["awful", "terrible", "useless", "rude", "wrong", "confusing", "horrible", "broken"]
-FILLER = ["so", "then", "well", "also", "as", "we", "said", "here", "and", "now", "it", "was"]
 
 
 def test_disentangle_loss_hand_computed():
@@ -51,31 +46,6 @@ def test_gold_metrics_report_the_rewards_correlation_with_length():
     flat = pair_metrics([0.0] * 3, [0.0] * 3, [None] * 3, response_chars=(chars_c, chars_r))
     assert math.isnan(flat["reward_length_pearson"])  # a constant reward has no correlation to report
     assert "reward_length_pearson" not in pair_metrics(rc, rr, [None] * 3)
-
-
-def _reply(words: int, rng: random.Random, word: str) -> str:
-    filler = [rng.choice(FILLER) for _ in range(words)]
-    filler.insert(rng.randrange(len(filler) + 1), word)
-    return " ".join(filler) + "."
-
-
-def mixed_pairs(n: int, seed: int, prefix: str) -> list:
-    """The chosen reply has a positive word; which side is longer is a coin flip (length-balanced data)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        long_, short_ = rng.randint(9, 14), rng.randint(1, 5)
-        a, b = (long_, short_) if rng.random() < 0.5 else (short_, long_)
-        out.append(pair(f"How was reply {rng.randint(0, 999)}?", _reply(a, rng, rng.choice(GOOD)),
-                        _reply(b, rng, rng.choice(BAD)), id=f"{prefix}{i}"))
-    return out
-
-
-def unconfounded_pairs(n: int, seed: int, prefix: str) -> list:
-    """The positive word on the *shorter* reply: only content can pick the chosen one."""
-    rng = random.Random(seed)
-    return [pair(f"How was reply {rng.randint(0, 999)}?", _reply(rng.randint(1, 5), rng, rng.choice(GOOD)),
-                 _reply(rng.randint(9, 14), rng, rng.choice(BAD)), id=f"{prefix}{i}") for i in range(n)]
 
 
 def _run(tmp_path, name: str, weight: float, steps: int = 30):
@@ -144,52 +114,11 @@ def test_length_head_takes_the_length_and_leaves_the_content(hf_models, tmp_path
     assert length > 0.7 and abs(quality) < 0.3, (quality, length)  # measured: -0.08 and 0.93
 
 
-def test_covariance_penalty_is_in_reward_units_with_a_bounded_gradient():
-    chars = torch.tensor([3.0, 10.0, 30.0, 100.0])
-    lens = torch.log1p(chars)
-    z = (lens - lens.mean()) / lens.std(unbiased=False)
-    assert length_head.covariance_penalty(z, chars).item() == pytest.approx(1.0, abs=1e-5)
-    assert length_head.covariance_penalty(3 * z + 7, chars).item() == pytest.approx(3.0, abs=1e-5)  # scales
-    assert length_head.covariance_penalty(torch.zeros(4), chars).item() == 0.0  # nothing learnt: no penalty
-    r = (0.01 * z).requires_grad_()  # a barely trained, length-correlated reward: the gradient stays z / n
-    length_head.covariance_penalty(r, chars).backward()
-    assert torch.allclose(r.grad, z / 4, atol=1e-5)
-    with pytest.raises(InputError, match="length_penalty"):
-        TrainConfig(length_penalty=-0.5)
+def test_a_one_label_reward_model_can_be_trained_with_a_length_head(hf_models, tmp_path):
+    # the tiny Qwen3 is a saved one-label reward model; a second output used to be a raw
+    # "size mismatch" RuntimeError from transformers
+    from trainer.bt.model import load_base
 
-
-def skewed_pairs(n: int, seed: int, share_longer: float) -> list:
-    """The chosen reply has the positive word; it is also the longer one in ``share_longer`` of pairs."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        long_, short_ = rng.randint(9, 14), rng.randint(1, 5)
-        a, b = (long_, short_) if rng.random() < share_longer else (short_, long_)
-        out.append(pair(f"How was reply {rng.randint(0, 999)}?", _reply(a, rng, rng.choice(GOOD)),
-                        _reply(b, rng, rng.choice(BAD)), id=f"s{i}"))
-    return out
-
-
-@pytest.mark.slow
-def test_length_penalty_takes_length_out_of_the_reward(hf_models, tmp_path, arbiter_home):
-    """On data where the chosen reply is the longer one 90% of the time, the penalised reward
-    follows length less on held-out replies, and still learns the content preference."""
-    import engine
-    from engine.types import Item
-    from tests.models import minilm_dir
-
-    held_out = [(p.conversation, r) for p in mixed_pairs(64, 7, "p") for r in (p.chosen, p.rejected)]
-    lens = length_head.length_signal(torch.tensor([float(len(r)) for _, r in held_out]))
-    corr, acc = {}, {}
-    for weight in (0.0, 1.0):
-        cfg = TrainConfig(max_length=48, per_device_batch=16, global_batch=16, lr=1e-4, max_steps=12,
-                          eval_every=12, log_every=12, threads=1, seed=0, progress=False, length_penalty=weight)
-        res = train(minilm_dir(), skewed_pairs(240, 0, 0.9), unconfounded_pairs(48, 1, "g"),
-                    tmp_path / str(weight), cfg)
-        acc[weight] = res.best_gold["accuracy"]
-        with engine.load(tmp_path / str(weight) / "best", threads=1) as rm:
-            r = torch.tensor([s.value for s in rm.score([Item(c, x) for c, x in held_out])])
-        corr[weight] = length_head.pearson(r, lens).item()
-    assert acc[1.0] >= 0.8, acc
-    # measured: 0.136 without, 0.041 with (a weight of 5 overshoots to -0.23: |cov| pulls either way)
-    assert abs(corr[1.0]) < abs(corr[0.0]) / 2, corr
+    base = load_base(hf_models["qwen3"], TrainConfig(length_head=1.0), work_dir=tmp_path)
+    assert base.model.config.num_labels == 2
+    assert base.model.score.weight.shape[0] == 2

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.common import ProgressBar, add_json, add_model_options, emit, load_model
+from app.cli.common import ProgressBar, add_json, add_model_options, emit, load_model, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bench", action="append", metavar="FORMAT:PATH",
                      help="a benchmark file or folder; FORMAT is one of pairwise, rewardbench, rewardbench2, "
-                          "rm-bench, judgebench, rmb, llmbar, pandalm, autoj, ppe (left out: recognised "
+                          "rm-bench, judgebench, rmb, llmbar, pandalm, auto-j (or its old name autoj), ppe (left out: recognised "
                           "from the rows). Repeat for several.")
     src.add_argument("--scores", action="append", metavar="FORMAT:PATH",
                      help="precomputed scores instead of a model: judgebench-rm (JudgeBench's published "
                           "reward-model outputs) or scored-pairs (JSONL chosen_score, rejected_score)")
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON, markdown and PNG files")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="only the first N items of each benchmark (a run of its own in the store)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.set_defaults(func=cmd_eval)
 
@@ -37,6 +38,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.eval.report import jsonable, markdown
     from trainer.eval.runner import run_model, run_scores
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        from engine.errors import InputError
+
+        raise InputError("is not a folder; --out names a folder for the JSON, markdown and PNG files",
+                         source=str(args.out))
     if args.scores:
         outcome = run_scores(args.scores, out_dir=args.out, plots=not args.no_plots)
     else:

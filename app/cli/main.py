@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sqlite3
 import sys
+import threading
+from pathlib import Path
 
-from app.cli import convert, evaluate, models, scoring, train
+from app.cli import evaluate, export, models, scoring, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     scoring.register(sub)
     models.register(sub)
-    convert.register(sub)
+    export.register(sub)
     train.register(sub)
     evaluate.register(sub)
     p = sub.add_parser("gui", help="open the desktop app")
@@ -43,20 +47,56 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return app.run(args.model)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so cleanup (temp files, the store) runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the cleanup short
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.errors import ArbiterError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    handle_term = args.command != "gui" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handle_term else None
     try:
         return args.func(args)
     except ArbiterError as e:
         print(f"arbiter: error: {e}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as e:
+        print(f"arbiter: error: {_store_message(e)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("arbiter: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a killed job
     except KeyboardInterrupt:
         print("arbiter: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if handle_term:  # main() called in-process (tests) gives the caller its handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _store_message(e: sqlite3.DatabaseError) -> str:
+    """What to say when the local database fails mid-command (damaged, or held by another process)."""
+    from engine.errors import ArbiterError
+    from engine.paths import data_dir
+    from engine.store import BUSY_TIMEOUT_S, damaged
+
+    try:
+        path = data_dir() / "arbiter.db"
+    except ArbiterError:  # the data folder itself is the problem; that error comes first
+        path = Path("arbiter.db")
+    if "locked" in str(e) or "busy" in str(e):
+        return (f"{path}: another process held the database for over {BUSY_TIMEOUT_S:.0f} s ({e}); "
+                "try again when it has finished")
+    return str(damaged(path, e))
 
 
 def desktop() -> int:

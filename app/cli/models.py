@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(q)
     q.add_argument("model", help="registered name, path, or 'default'")
     q.add_argument("--device", default="cpu")
+    q.add_argument("--format", dest="model_format", choices=["onnx", "gguf", "torch"], default=None,
+                   help="for 'default': which shipped copy (default: the fastest measured)")
     q.set_defaults(func=cmd_info)
     q = msub.add_parser("remove", help="delete a registered model")
     add_json(q)
@@ -54,12 +56,20 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     import engine
+    from engine import registry
 
-    with engine.load(args.model, device=args.device) as rm:
+    fmt = getattr(args, "model_format", None)
+    with engine.load(args.model, device=args.device, format=fmt) as rm:
         info = rm.info
     d = info.to_dict()
     lines = [f"{k:<14} {d[k]}" for k in ("name", "format", "architecture", "pooling", "max_length",
                                           "dtype", "provider")]
+    if args.model == registry.DEFAULT:
+        choice = registry.default_choice(fmt)
+        assert choice is not None  # the load above found it
+        d["default_choice"] = {"format": choice.format, "path": str(choice.path), "why": choice.reason}
+        lines.append(f"{'runtime':<14} {choice.format}, because {choice.reason} "
+                     "(--format onnx|gguf opens the other copy)")
     lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
     if info.length_correction:
         lines.append(f"{'length control':<14} score = output - {info.length_correction:.4f} x log(1 + response chars)")

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import sys
-import tempfile
 from collections import deque
 from pathlib import Path
 
-from app.cli.common import ProgressBar, add_json, add_model_options, emit, load_model
+from app.cli.common import (
+    ProgressBar,
+    add_json,
+    add_model_options,
+    check_input_file,
+    emit,
+    load_model,
+    positive_int,
+    read_utf8,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_json(p)
     p.add_argument("input", help="JSONL: {conversation|prompt, response} per line; '-' for stdin")
-    p.add_argument("-o", "--output", required=True, help="JSONL out: each row plus score fields")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("-o", "--output", required=True,
+                   help="JSONL out: each row plus score fields. Written beside it and renamed when "
+                        "every row is scored; a symlink is followed, a device or FIFO streamed to")
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--on-too-long", choices=["error", "skip"], default="error",
                    help="a response longer than the model's context: stop with an error naming "
                         "its line (default), or write the row with score null and the reason")
@@ -62,10 +72,14 @@ def _conversation(args: argparse.Namespace):
 
     if args.prompt is not None:
         return engine.conversation(args.prompt, system=args.system)
+    text = read_utf8(args.conversation)
     try:
-        raw = json.loads(Path(args.conversation).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read a JSON conversation ({e})", source=args.conversation) from None
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not a JSON conversation ({e.msg} at column {e.colno})",
+                         source=args.conversation, line=e.lineno) from None
+    except RecursionError:
+        raise InputError("nested too deeply to be a conversation", source=args.conversation) from None
     try:
         return engine.conversation(raw, system=args.system)
     except InputError as e:
@@ -73,28 +87,20 @@ def _conversation(args: argparse.Namespace):
 
 
 def read_candidates(path: str) -> list[str]:
+    """Candidates from a JSON list, JSONL (strings or ``{response}``) or ``---``-separated
+    text, read by the engine's one JSON reader (errors name the file, line and field)."""
     from engine.errors import InputError
+    from engine.jsonl import is_json_array, read_array, read_rows, read_text
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read ({e.strerror})", source=path) from None
-    stripped = text.lstrip()
-    if p.suffix == ".json" or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", source=path, line=e.lineno) from None
-        rows = list(enumerate(data, start=1)) if isinstance(data, list) else []
+    if p.suffix == ".json" or is_json_array(path):
+        rows = list(read_array(path))
         if not rows:
             raise InputError("expected a non-empty JSON list of candidates", source=path)
     elif p.suffix == ".jsonl":
-        from engine.jsonl import read_rows
-
         rows = list(read_rows(path))
     else:
-        lines = text.splitlines()
+        lines = read_text(path).splitlines()
         if any(line.strip() == "---" for line in lines):
             blocks, cur = [], []
             for line in lines:
@@ -117,57 +123,69 @@ def read_candidates(path: str) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from engine.errors import InputTooLongError
-    from engine.jsonl import read_items
+    from engine.output import atomic_output, resolve_target
 
-    out_path = Path(args.output)
-    rows: deque[tuple[int, dict]] = deque()  # (line, row) read but not yet written
-
-    def items():
-        for line, row, item in read_items(args.input):
-            rows.append((line, row))
-            yield item
-
-    n = cut = skipped = 0
+    check_input_file(args.input)
+    resolve_target(args.output)  # a folder as -o fails before the model loads
     bar = ProgressBar("scoring")
-    with load_model(args) as rm:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        # written next to the target and renamed at the end: a failed run leaves no half file
-        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                try:
-                    for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar,
-                                            on_too_long=args.on_too_long):
-                        _line, row = rows.popleft()
-                        if s.skipped:
-                            row.update(score=None, skipped=s.skipped, model=rm.info.name)
-                        else:
-                            row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
-                                       model=rm.info.name)
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        n += 1
-                        cut += s.cut_tokens > 0
-                        skipped += s.skipped is not None
-                except InputTooLongError as e:
-                    line = rows[e.item_index - n][0] if e.item_index is not None else None
-                    raise InputTooLongError(f"{args.input}:{line}: field 'response': {e}") from None
-            os.replace(tmp, out_path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        finally:
-            bar.close()
-        info = rm.info
-    summary = {"rows": n, "rows_cut": cut, "rows_skipped": skipped, "output": str(out_path), "model": info.name,
-               "format": info.format, "dtype": info.dtype}
-    human = f"scored {n} rows with {info.name} ({info.format} {info.dtype}) -> {out_path}"
+    try:
+        with load_model(args) as rm:
+            info = rm.info
+            # written beside the target and renamed at the end: a failed run leaves no half file
+            with atomic_output(args.output) as f:
+                n, cut, skipped = _score_rows(args, rm, f, bar)
+    finally:
+        bar.close()
+    summary = {"rows": n, "rows_cut": cut, "rows_skipped": skipped, "output": str(args.output),
+               "model": info.name, "format": info.format, "dtype": info.dtype}
+    human = f"scored {n} rows with {info.name} ({info.format} {info.dtype}) -> {args.output}"
     if cut:
         human += f"\n{cut} rows had their conversation cut from the start to fit (see cut_tokens)"
     if skipped:
         human += f"\n{skipped} rows not scored: the response alone exceeds the context (score null)"
     emit(args, summary, human)
     return 0
+
+
+def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None) -> tuple[int, int, int]:
+    """Score every input row into ``f``; returns (rows, rows cut, rows skipped)."""
+    from engine.errors import InputError, InputTooLongError, ModelError
+    from engine.jsonl import read_items
+    from engine.output import json_line
+
+    source = "<stdin>" if args.input == "-" else args.input
+    rows: deque[tuple[int, dict]] = deque()  # (line, row) read but not yet written
+
+    def items():
+        try:
+            for line, row, item in read_items(args.input):
+                rows.append((line, row))
+                yield item
+        except UnicodeDecodeError as e:  # the reader names the line where it can; this is the fallback
+            raise InputError(f"not valid UTF-8 ({e.reason})", source=source) from None
+
+    n = cut = skipped = 0
+    try:
+        for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar,
+                                on_too_long=args.on_too_long):
+            line, row = rows.popleft()
+            if s.skipped:
+                row.update(score=None, skipped=s.skipped, model=rm.info.name)
+            elif not math.isfinite(s.value):
+                raise ModelError(f"{source}:{line}: the model gave a non-finite score ({s.value}); "
+                                 "nothing was written. The model file may be damaged: check it with "
+                                 "`arbiter verify`")
+            else:
+                row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
+                           model=rm.info.name)
+            f.write(json_line(row, source=source, line=line))
+            n += 1
+            cut += s.cut_tokens > 0
+            skipped += s.skipped is not None
+    except InputTooLongError as e:
+        line = rows[e.item_index - n][0] if e.item_index is not None else None
+        raise InputTooLongError(f"{source}:{line}: field 'response': {e}") from None
+    return n, cut, skipped
 
 
 def _sharing(args: argparse.Namespace) -> bool | None:
@@ -178,11 +196,23 @@ def _shared_note(shared: bool) -> str:
     return "; prompt computed once" if shared else ""
 
 
+def _require_finite(scores: dict[str, float]) -> None:
+    """A NaN or infinite score is a broken model, never a result to print or rank by."""
+    from engine.errors import ModelError
+
+    bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise ModelError(f"the model gave a non-finite score ({shown}); the model file may be "
+                         "damaged: check it with `arbiter verify`")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     conv = _conversation(args)
     with load_model(args) as rm:
         c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args))
         info = rm.info
+    _require_finite({"A": c.score_a.value, "B": c.score_b.value})
     data = {**c.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
     star = {"A": ("*", " "), "B": (" ", "*"), "tie": (" ", " ")}[c.winner]
     human = (f"{star[0]} A  {c.score_a.value:+.4f}\n{star[1]} B  {c.score_b.value:+.4f}\n"
@@ -201,6 +231,7 @@ def cmd_bon(args: argparse.Namespace) -> int:
     with load_model(args) as rm:
         r = rm.rank(conv, candidates, shared_prompt=_sharing(args))
         info = rm.info
+    _require_finite({f"candidate {c.index}": c.score.value for c in r.candidates})
     data = {**r.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
     lines = [f"{'rank':>4}  {'score':>9}  {'P(best>this)':>12}  response"]
     for k, c in enumerate(r.candidates, start=1):

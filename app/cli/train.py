@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import add_json, emit
+from app.cli.common import add_json, emit, finite_or_null
+from engine.output import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="benchmark files: train pairs sharing a 13-gram with their prompts are dropped")
     p.add_argument("--bad-rows", choices=("raise", "skip"), default="raise",
                    help="a malformed row stops the run (raise) or is skipped and reported (skip)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last (from the start when OUT holds no checkpoint yet, as "
+                        "after a run killed before its first one)")
     p.set_defaults(func=cmd_train)
 
 
@@ -63,12 +67,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     decon = Decontaminator([Path(b) for b in args.benchmarks], report=train_report)
     decon.add_texts(("\n".join(m.content for m in p.conversation) for p in gold), "gold")
     train_pairs = clean(read(args.train, "train"), decontaminator=decon, report=train_report)
-    result = train(args.base, train_pairs, gold, args.out, cfg, resume=args.resume)
+    resume = args.resume and _has_checkpoint(Path(args.out))
+    if args.resume and not resume:
+        print(f"arbiter: no checkpoint in {Path(args.out) / 'last'} yet: training from the start",
+              file=sys.stderr)
+    result = train(args.base, train_pairs, gold, args.out, cfg, resume=resume)
     if not PartialState().is_main_process:
         return 0
     report = {"train": train_report.to_dict(), "gold": gold_report.to_dict(),
               "import": {f: r.to_dict() for f, r in imports.items()}}
-    Path(args.out, "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(Path(args.out, "data_report.json"),
+               json.dumps(finite_or_null(report), indent=2, ensure_ascii=False, allow_nan=False))
     best = result.best_gold or {}
     data = {"run_id": result.run_id, "out": str(result.out), "steps": result.steps,
             "best_step": result.best_step, "best_gold": result.best_gold, "data": result.data,
@@ -80,6 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"train data: {train_report.summary()}")
     emit(args, data, human)
     return 0
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether OUT/last holds a resumable state (trainer.json is the checkpoint's last file)."""
+    return (out / "last" / "state" / "trainer.json").is_file()
 
 
 def _pct(x: float | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ import sqlite_utils
 
 import engine
 from engine.paths import data_dir
+from engine.store import connect, write_transaction
 
 COLUMNS = {"id": int, "kind": str, "created": str, "model": str, "format": str, "dtype": str,
            "conversation": str, "responses": str, "scores": str, "result": str, "search": str}
@@ -48,10 +48,10 @@ class Record:
 class HistoryStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path else data_dir() / "arbiter.db"
-        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path)))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        if "history" not in self.db.table_names():
-            with self.db.conn:
+        # WAL and a busy timeout (engine.store.connect): the CLI may write the same file meanwhile
+        self.db = sqlite_utils.Database(connect(self.path))
+        with write_transaction(self.db.conn):  # BEGIN IMMEDIATE: another process may migrate too
+            if "history" not in self.db.table_names():
                 self.db["history"].create(COLUMNS, pk="id")
                 self.db["history"].create_index(["created"])
 
@@ -67,7 +67,7 @@ class HistoryStore:
                "responses": json.dumps(responses, ensure_ascii=False),
                "scores": json.dumps(scores), "result": json.dumps(result, ensure_ascii=False),
                "search": text.lower()}
-        with self.db.conn:
+        with write_transaction(self.db.conn):
             return self.db["history"].insert(row).last_pk
 
     def add_comparison(self, info: engine.ModelInfo, conv: list[dict[str, str]], a: str, b: str,
@@ -92,7 +92,7 @@ class HistoryStore:
         return self._record(self.db["history"].get(id))
 
     def delete(self, ids: list[int]) -> None:
-        with self.db.conn:
+        with write_transaction(self.db.conn):
             for i in ids:
                 self.db["history"].delete(i)
 

@@ -24,11 +24,11 @@ from PySide6.QtWidgets import (
 import engine
 from app.gui.context import AppContext
 from app.gui.widgets import read_only_table
-from engine import registry
+from engine import devices, registry
 
 NO_DEFAULT = ("No default model in this build; add one (a .gguf file, or an ONNX or "
               "Hugging Face folder) with Add file… or Add folder….")
-DEVICES = ["cpu", "auto", "cuda", "directml", "coreml"]
+DEVICES = list(devices.DEVICES)  # the engine's vocabulary (engine/devices.py)
 
 
 def disk_size(path: Path) -> int:

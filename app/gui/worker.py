@@ -82,6 +82,13 @@ class JobRunner(QObject):
     def busy(self) -> bool:
         return self._thread is not None
 
+    @property
+    def job_thread(self) -> QThread | None:
+        """The running job's thread, or None (not ``thread()``: that is QObject's own). Its
+        ``progressed`` signal is emitted on that thread, from inside the job, so a direct
+        connection runs inside the job (tests hold a job mid-way with one)."""
+        return self._thread
+
     def start(self, label: str, fn: JobFn, on_success: Callable[[Any], None]) -> bool:
         """Start a job; False (and nothing happens) while another one runs."""
         if self._thread is not None:

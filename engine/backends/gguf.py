@@ -27,6 +27,17 @@ two candidates into one decode moved a q8_0 score by 0.19 and an f16 one by 6e-3
 (SmolLM2-135M, 1.3k tokens; the other sequences change the kernels' summation order
 and quantized activations amplify it), while one-by-one shared-prompt scores equal
 full scoring exactly. ``pack_tokens=N`` packs sequences up to N tokens per decode.
+
+Outputs only where the head reads: in embedding mode llama.cpp makes every token an
+output (the last layer's FFN, the vocabulary projection and a logits copy for each
+token), but a decoder's head reads one hidden state. So a decoder's tokens but the last
+two, and a shared prompt, are decoded with embeddings off and no outputs (the KV cache is
+all they leave), and each sequence's last two tokens are then decoded in embedding mode
+with LAST pooling. Two, not one: llama.cpp runs a one-row micro-batch through other
+kernels, which sum in another order (that moved a q8_0 SmolLM2 score by 0.14), so no
+decode here is ever a lone token. Scores equal the every-token-an-output path exactly
+(max |diff| 0, tests/test_gguf.py), and prompt-shared scores equal full scoring exactly.
+``GgufScorer.all_outputs = True`` restores the old path (bench/llama_modes.py times both).
 """
 
 from __future__ import annotations
@@ -45,12 +56,19 @@ from pathlib import Path
 import numpy as np
 
 from engine.backends.gguf_probe import extra_bufts_allowed
+from engine.devices import (
+    DEFAULT_DEVICE,
+    LLAMA_BACKENDS,
+    check_device,
+    fall_back_to_cpu,
+    llama_gpu_backends,
+)
 from engine.encoding import Encoded, Encoder, PairLayout, TokenizerFiles
-from engine.errors import ModelError, ProviderFallbackWarning
+from engine.errors import ModelError
 from engine.files import file_info
-from engine.gguf_file import GgufHeader, read_header
+from engine.gguf_file import GgufHeader, read_model_header, reward_head
 from engine.scorer import CancelToken, Scorer
-from engine.types import Conversation, Item, ModelInfo, Score
+from engine.types import ModelInfo
 
 log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("engine.llama_cpp")
@@ -65,6 +83,8 @@ FILE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9:
 ENCODER_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3",
                  "modern-bert", "neo-bert"}
 MAX_SEQS = 255  # llama.cpp allows 256 sequences in one context; seq 0 holds a shared prompt
+#: tokens per llama.cpp micro-batch for decoders (`bench/throughput.py --llama-tune` sweeps it)
+UBATCH = 512
 HOW_TO_EXPORT = ("Arbiter scores GGUF reward models exported with `arbiter export SRC OUT --format "
                  "gguf` from a Hugging Face *ForSequenceClassification checkpoint (the score head "
                  "is stored in the file's metadata), and encoder rerankers with a RANK head.")
@@ -163,52 +183,104 @@ def _kind(header: GgufHeader) -> str:
 
 
 def _gpu_layers(device: str, llama) -> int:
-    supported = bool(llama.llama_supports_gpu_offload())
+    """Layers to offload for a device name (engine/devices.py): 0 (CPU), or all of them.
+
+    A name this build cannot honour runs on the CPU with the loud fallback warning.
+    """
+    device = check_device(device)
+    wanted = LLAMA_BACKENDS[device]
     if device == "cpu":
         return 0
-    if device == "auto":
+    supported = bool(llama.llama_supports_gpu_offload())
+    rebuild = ("Reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on (or -DGGML_METAL=on / "
+               "-DGGML_VULKAN=on).")
+    if wanted is None:  # auto, gpu: whichever GPU backend the build has
+        if not supported and device == "gpu":
+            fall_back_to_cpu("this llama-cpp-python build", device, "has no GPU offload", rebuild)
         return 999 if supported else 0
-    if device in ("gpu", "cuda", "metal", "vulkan"):
-        if not supported:
-            msg = (f"device {device!r} was requested but this llama-cpp-python build has no GPU "
-                   "offload; FALLING BACK TO CPU. Reinstall it with CMAKE_ARGS=-DGGML_CUDA=on "
-                   "(or -DGGML_METAL=on / -DGGML_VULKAN=on).")
-            log.warning(msg)
-            import warnings
-
-            warnings.warn(msg, ProviderFallbackWarning, stacklevel=4)
-            return 0
+    if not wanted:
+        fall_back_to_cpu("llama.cpp", device, "has no such backend (it offloads to CUDA, Metal or Vulkan)",
+                         "For DirectML or Core ML, export the model to ONNX (`arbiter export --format onnx`).")
+        return 0
+    have = llama_gpu_backends(llama)
+    if supported and (have is None or have & set(wanted)):
         return 999
-    raise ModelError(f"unknown device {device!r}; choose auto, cpu or gpu")
+    built = f"has only {', '.join(sorted(have))}" if have else "has no GPU offload"
+    fall_back_to_cpu("this llama-cpp-python build", device, built, rebuild)
+    return 0
+
+
+def _no_lone_token(seqs: Sequence[tuple[int, Sequence[int], int]]) -> list[list[tuple[int, Sequence[int], int]]]:
+    """Decodes for ``seqs`` such that llama.cpp's micro-batches (UBATCH tokens) never end in one token.
+
+    A one-token micro-batch runs other kernels (see ``GgufScorer._decode_scored``); when the
+    total is 1 more than a multiple of UBATCH, the last run's last two tokens get a decode of
+    their own.
+    """
+    n = sum(len(t) for _, t, _ in seqs)
+    s, t, p0 = seqs[-1]
+    if n < UBATCH or n % UBATCH != 1 or len(t) < 3:
+        return [list(seqs)]
+    return [[*seqs[:-1], (s, t[:-2], p0)], [(s, t[-2:], p0 + len(t) - 2)]]
 
 
 class GgufScorer(Scorer):
-    def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
+    """A GGUF reward model (or encoder reranker) scored by llama.cpp; see the module docstring."""
+
+    #: True: every token an output in embedding mode, the path before outputs were asked for only
+    #: where the head reads (kept for the parity test and bench/llama_modes.py)
+    all_outputs: bool = False
+
+    def __init__(self, path: Path, *, device: str = DEFAULT_DEVICE, threads: int | None = None,
                  max_length: int | None = None, batch_size: int = 16, name: str | None = None,
                  pack_tokens: int = 0) -> None:
         path = Path(path)
-        header = read_header(path)  # validated before llama.cpp sees the file
+        header = read_model_header(path)  # structure and hparams validated before llama.cpp sees it
         self.kind = _kind(header)
-        meta = header.metadata
-        ll = self.llama = _llama()
+        self.llama = _llama()
+        self.model = self._ctx = None  # set first: close() frees whatever a failed load left
+        self._ctx_size = 0
+        self._lock = threading.Lock()
+        _live.add(self)
+        n_gpu_layers = self._load_model(path, header, device)
+        if self.kind == "head":
+            self.head_w, self.head_b = self._head(path, header)
+        encoder = self._encoder(path, header, max_length)
+        self.threads = threads or os.cpu_count() or 1
+        self.pack_tokens = pack_tokens
+        info = self._info(path, header, encoder, name, n_gpu_layers)
+        # a cross-encoder (RANK) attends both ways: only decoders share the prompt
+        super().__init__(info, encoder, batch_size=batch_size, prompt_sharing=self.kind == "head")
+
+    def _load_model(self, path: Path, header: GgufHeader, device: str) -> int:
+        """Load the weights into llama.cpp (``self.model``); returns the layers offloaded to a GPU."""
+        ll = self.llama
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = _gpu_layers(device, ll)
         # llama.cpp's extra CPU buffers (AMX tiles, repacked q4/q8 layouts) are its fast quantized
         # kernels, but a build can carry kernels this machine cannot run (an AMX build in a VM
         # without AMX-INT8 segfaults): a child process tries them once per build, CPU and type.
-        mp.use_extra_bufts = extra_bufts_allowed(path, meta.get("general.file_type", "?"))
+        mp.use_extra_bufts = extra_bufts_allowed(path, header.metadata.get("general.file_type", "?"))
         self.model = ll.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelError(f"{path}: llama.cpp could not load this model (run with -v for its log); "
                              "the file may be for a newer llama.cpp, or damaged.")
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_embd = ll.llama_model_n_embd(self.model)
+        return mp.n_gpu_layers
+
+    def _head(self, path: Path, header: GgufHeader) -> tuple[np.ndarray, float]:
+        """The score head from the metadata, as long as the hidden state llama.cpp returns."""
+        w, b = reward_head(header)  # float64, finite, checked
+        if w.shape != (self.n_embd,):
+            raise ModelError(f"{path}: arbiter.head.weight has {w.size} values, the model's "
+                             f"hidden size is {self.n_embd}; re-export the model")
+        return w, b
+
+    def _encoder(self, path: Path, header: GgufHeader, max_length: int | None) -> Encoder:
+        """The file's own vocabulary and template, with the BOS/EOS handling the export recorded."""
+        meta = header.metadata
         if self.kind == "head":
-            self.head_w = np.asarray(meta["arbiter.head.weight"], dtype=np.float64)
-            self.head_b = float(meta.get("arbiter.head.bias", 0.0))
-            if self.head_w.shape != (self.n_embd,):
-                raise ModelError(f"{path}: arbiter.head.weight has {self.head_w.size} values, the model's "
-                                 f"hidden size is {self.n_embd}; re-export the model")
             add_bos = bool(meta.get("arbiter.add_bos", meta.get("tokenizer.ggml.add_bos_token", False)))
             add_eos = bool(meta.get("arbiter.add_eos", False))
         else:
@@ -224,28 +296,26 @@ class GgufScorer(Scorer):
         pad = meta.get("arbiter.pad_token_id", meta.get("tokenizer.ggml.padding_token_id"))
         files = TokenizerFiles(path, template, specials, int(pad) if pad is not None else None,
                                int(min(limits)) if limits else 512, "zeros")
-        self.encoder = Encoder(files, max_length, tokenizer=tokenizer)
-        self.threads = threads or os.cpu_count() or 1
-        self.batch_size = batch_size
-        self.pack_tokens = pack_tokens
-        self._ctx = None
-        self._ctx_size = 0
-        self._lock = threading.Lock()
-        _live.add(self)
+        return Encoder(files, max_length, tokenizer=tokenizer)
+
+    def _info(self, path: Path, header: GgufHeader, encoder: Encoder, name: str | None,
+              n_gpu_layers: int) -> ModelInfo:
+        """What ``arbiter models info`` and stored results say about this file and how it runs."""
+        meta = header.metadata
         dtype = FILE_TYPES.get(int(meta.get("general.file_type", -1)), f"ftype{meta.get('general.file_type')}")
-        self.info = ModelInfo(
+        return ModelInfo(
             name=name or path.stem,
             format="gguf",
             architecture=str(meta.get("arbiter.architecture") or f"{header.architecture} reranker"),
             pooling="last" if self.kind == "head" else "rank",
-            max_length=self.encoder.max_length,
-            chat_template=template,
+            max_length=encoder.max_length,
+            chat_template=encoder.files.chat_template,
             dtype=dtype,
             files=(file_info(path, root=path.parent),),
-            provider="gpu" if mp.n_gpu_layers else "cpu",
+            provider="gpu" if n_gpu_layers else "cpu",
             length_correction=float(meta.get("arbiter.length_correction") or 0.0),
-            extra={"threads": self.threads, "n_gpu_layers": mp.n_gpu_layers,
-                   "pack_tokens": pack_tokens, "gguf_architecture": header.architecture},
+            extra={"threads": self.threads, "n_gpu_layers": n_gpu_layers,
+                   "pack_tokens": self.pack_tokens, "gguf_architecture": header.architecture},
         )
 
     # ---- llama.cpp context -------------------------------------------------------------
@@ -253,17 +323,25 @@ class GgufScorer(Scorer):
         """A context whose KV cache holds ``n_tokens``; grown (doubling) when work needs more."""
         if self._ctx is not None and n_tokens <= self._ctx_size:
             return self._ctx
-        ll = self.llama
         size = max(512, self._ctx_size)
         while size < n_tokens:
             size *= 2
         if self._ctx is not None:
-            ll.llama_free(self._ctx)
+            self.llama.llama_free(self._ctx)
             self._ctx = None
+        ctx = self.llama.llama_init_from_model(self.model, self._context_params(size))
+        if not ctx:
+            raise ModelError(f"llama.cpp could not create a context of {size} tokens (out of memory?)")
+        self._ctx, self._ctx_size = ctx, size
+        return ctx
+
+    def _context_params(self, size: int):
+        """Parameters of a ``size``-token context (KV cache cells = one decode's tokens)."""
+        ll = self.llama
         cp = ll.llama_context_default_params()
         cp.n_ctx = cp.n_batch = size
         # RANK (non-causal) pooling needs each sequence whole in one micro-batch
-        cp.n_ubatch = size if self.kind == "rank" else min(size, 512)
+        cp.n_ubatch = size if self.kind == "rank" else min(size, UBATCH)
         cp.n_seq_max = MAX_SEQS + 1
         cp.embeddings = True
         cp.pooling_type = ll.LLAMA_POOLING_TYPE_LAST if self.kind == "head" else ll.LLAMA_POOLING_TYPE_RANK
@@ -274,15 +352,15 @@ class GgufScorer(Scorer):
         # keeps f32 models in f32 (max |diff| vs torch 1e-5 instead of 4e-3 with an f16 cache).
         cp.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.type_k = cp.type_v = 0 if self.info.dtype == "f32" else 1  # GGML_TYPE_F32 / F16
-        ctx = ll.llama_init_from_model(self.model, cp)
-        if not ctx:
-            raise ModelError(f"llama.cpp could not create a context of {size} tokens (out of memory?)")
-        self._ctx, self._ctx_size = ctx, size
-        return ctx
+        return cp
 
-    def _decode(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]], *, all_outputs: bool = True) -> None:
-        """One ``llama_decode`` of (seq id, tokens, first position) runs. Embeddings need every token
-        an output; ``all_outputs=False`` marks only each run's last one (generative mode)."""
+    def _decode(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]], *, outputs: str = "all") -> None:
+        """One ``llama_decode`` of (seq id, tokens, first position) runs.
+
+        ``outputs``: ``all`` marks every token (embedding mode needs that: llama.cpp overrides
+        anything less), ``last`` each run's last token, ``none`` no token (generative mode:
+        the KV cache is filled and no output row is computed).
+        """
         ll = self.llama
         n = sum(len(t) for _, t, _ in seqs)
         batch = ll.llama_batch_init(n, 0, 1)
@@ -290,8 +368,8 @@ class GgufScorer(Scorer):
             token = np.ctypeslib.as_array(batch.token, shape=(n,))
             pos = np.ctypeslib.as_array(batch.pos, shape=(n,))
             np.ctypeslib.as_array(batch.n_seq_id, shape=(n,))[:] = 1
-            outputs = np.ctypeslib.as_array(batch.logits, shape=(n,))
-            outputs[:] = 1 if all_outputs else 0
+            marks = np.ctypeslib.as_array(batch.logits, shape=(n,))
+            marks[:] = 1 if outputs == "all" else 0
             k = 0
             for seq, toks, p0 in seqs:
                 m = len(toks)
@@ -300,13 +378,51 @@ class GgufScorer(Scorer):
                 for j in range(k, k + m):
                     batch.seq_id[j][0] = seq
                 k += m
-                outputs[k - 1] = 1
+                if outputs == "last":
+                    marks[k - 1] = 1
             batch.n_tokens = n
             rc = ll.llama_decode(ctx, batch)
         finally:
             ll.llama_batch_free(batch)
         if rc != 0:
             raise ModelError(f"llama_decode failed (code {rc}) on {n} tokens")
+
+    def _fill(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]]) -> None:
+        """Decode runs whose outputs nobody reads (a shared prompt, a sequence's body): KV cache only.
+
+        Embedding mode makes llama.cpp treat every token as an output, which costs the final
+        layer's FFN, the vocabulary projection and a logits copy per token; so embeddings are
+        switched off for this decode and no token is marked.
+        """
+        seqs = [s for s in seqs if len(s[1])]
+        if not seqs:
+            return
+        if self.all_outputs:
+            self._decode(ctx, seqs)
+            return
+        self.llama.llama_set_embeddings(ctx, False)
+        try:
+            for part in _no_lone_token(seqs):
+                self._decode(ctx, part, outputs="none")
+        finally:
+            self.llama.llama_set_embeddings(ctx, True)
+
+    def _decode_scored(self, ctx, seqs: Sequence[tuple[int, Sequence[int], int]]) -> None:
+        """Decode runs so that ``_pooled`` can read each one's score.
+
+        A decoder's head reads only the last token: the tokens before go through
+        :meth:`_fill`, then the last two (all of a run of up to three, so that no fill is a
+        single token) are decoded in embedding mode with LAST pooling. Never one token alone:
+        llama.cpp computes a one-row micro-batch with other kernels, which sum in another order
+        (a q8_0 SmolLM2 score moved by 0.14); rows of larger ones score exactly as before.
+        A cross-encoder's RANK pooling needs each sequence whole.
+        """
+        if self.kind == "rank" or self.all_outputs:
+            self._decode(ctx, seqs)
+            return
+        cut = [len(t) - (len(t) if len(t) <= 3 else 2) for _, t, _ in seqs]
+        self._fill(ctx, [(s, t[:c], p0) for (s, t, p0), c in zip(seqs, cut, strict=True)])
+        self._decode(ctx, [(s, t[c:], p0 + c) for (s, t, p0), c in zip(seqs, cut, strict=True)])
 
     def _pooled(self, ctx, seq: int) -> float:
         ptr = self.llama.llama_get_embeddings_seq(ctx, seq)
@@ -342,50 +458,37 @@ class GgufScorer(Scorer):
                     cancel.raise_if_cancelled()
                 ctx = self._context(sum(len(seqs[i]) for i in pack))
                 self.llama.llama_memory_clear(self.llama.llama_get_memory(ctx), True)
-                self._decode(ctx, [(s, seqs[i], 0) for s, i in enumerate(pack)])
+                self._decode_scored(ctx, [(s, seqs[i], 0) for s, i in enumerate(pack)])
                 for s, i in enumerate(pack):
                     out[i] = self._pooled(ctx, s)
         return out
 
-    def _score_shared_prompt(self, conv: Conversation, responses: Sequence[str]) -> list[Score] | None:
-        """Decode the conversation once (seq 0), ``seq_cp`` it to each candidate, decode the tails."""
-        if self.kind != "head":
-            return None  # a cross-encoder attends both ways: nothing to share
-        items = [Item(conv, r) for r in responses]
-        encoded = [self.encode(it) for it in items]
-        prompt = self.encoder.prompt_ids(items[0])
-        p = len(prompt)
-        # the boundary must hold: the prompt's tokens prefix the full tokenization and nothing
-        # was cut; a candidate where it does not (a BPE merge across it) is scored in full
-        full_ids = [self._tokens(e) for e in encoded]
-        ok = [i for i, (e, ids) in enumerate(zip(encoded, full_ids, strict=True))
-              if not e.cut_tokens and len(ids) > p and ids[:p] == prompt]
-        if not ok:
-            return None
-        rest = [i for i in range(len(encoded)) if i not in set(ok)]
-        tails = [full_ids[i][p:] for i in ok]
+    def _score_tails(self, prompt: Sequence[int], tails: Sequence[Sequence[int]]) -> list[float]:
+        """Decode the conversation once (seq 0), ``seq_cp`` it to each candidate, decode the tails.
+
+        No head reads the prompt (every tail is non-empty), so it is decoded without outputs,
+        but for its last token, which each candidate decodes again before its tail: a one-token
+        tail then still ends in a two-token decode, as in full scoring (see ``_decode_scored``).
+        """
+        p = len(prompt) - 1 if len(prompt) >= 3 else 0  # the shared positions
+        runs = [[*prompt[p:], *t] for t in tails]
         ll = self.llama
         values: list[float] = [0.0] * len(tails)
-        packs = self._packs([len(t) for t in tails])
+        packs = self._packs([len(r) for r in runs])
         with self._lock:
-            ctx = self._context(p + max(sum(len(tails[i]) for i in pack) for pack in packs))
+            ctx = self._context(p + max(sum(len(runs[i]) for i in pack) for pack in packs))
             mem = ll.llama_get_memory(ctx)
             ll.llama_memory_clear(mem, True)
-            self._decode(ctx, [(0, prompt, 0)])
+            self._fill(ctx, [(0, prompt[:p], 0)])
             for pack in packs:  # copy the prompt to this pack's sequences, decode, read, drop
                 for s in range(1, len(pack) + 1):
                     ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
-                self._decode(ctx, [(s, tails[i], p) for s, i in enumerate(pack, start=1)])
+                self._decode_scored(ctx, [(s, runs[i], p) for s, i in enumerate(pack, start=1)])
                 for s, i in enumerate(pack, start=1):
                     values[i] = self._pooled(ctx, s)
                 for s in range(1, len(pack) + 1):
                     ll.llama_memory_seq_rm(mem, s, -1, -1)
-        scores = dict(zip(ok, values, strict=True))
-        if rest:
-            log.debug("%d candidate(s) cross the prompt's token boundary; scored in full", len(rest))
-            scores |= dict(zip(rest, self._score_encoded([encoded[i] for i in rest], self.batch_size, None),
-                               strict=True))
-        return [Score(scores[i], len(e.ids), e.cut_tokens) for i, e in enumerate(encoded)]
+        return values
 
     def _packs(self, lengths: Sequence[int], order: Sequence[int] | None = None) -> list[list[int]]:
         """Indices grouped into decodes of at most ``pack_tokens`` tokens and MAX_SEQS sequences.

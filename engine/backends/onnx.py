@@ -1,8 +1,9 @@
 """ONNX Runtime backend: an exported sequence classifier (``logits [batch, 1]``).
 
-Execution providers are chosen explicitly. A provider that was asked for but is not
-there (not installed, no device) falls back to CPU with a loud warning, never
-silently: a user who asked for a GPU must know the scores came from the CPU.
+Execution providers are chosen explicitly from the device vocabulary
+(engine/devices.py). A provider that was asked for but is not there (not installed,
+no device) falls back to CPU with the loud warning, never silently: a user who asked
+for a GPU must know the scores came from the CPU.
 
 Best-of-N and compare share the conversation between candidates when the folder has
 a prefix model (``model_with_past.onnx``, named in arbiter.json; see exports/onnx.py):
@@ -15,19 +16,26 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.devices import (
+    DEFAULT_DEVICE,
+    ONNX_PROVIDER_NAMES,
+    ONNX_PROVIDERS,
+    check_device,
+    fall_back_to_cpu,
+    warn_fallback,
+)
 from engine.encoding import Encoder, TokenizerFiles
-from engine.errors import ModelError, ProviderFallbackWarning
+from engine.errors import ModelError, ProviderFallbackWarning  # noqa: F401 - its old home, still imported
 from engine.files import folder_files
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, architecture_of, read_meta
 from engine.scorer import Batch, Scorer
-from engine.types import Conversation, Item, ModelInfo, Score
+from engine.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +44,21 @@ log = logging.getLogger(__name__)
 PREFIX_CHUNK = 16
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-}
-_AUTO_ORDER = ("cuda", "directml", "coreml", "cpu")
-
-
-def _warn_fallback(message: str) -> None:
-    log.warning(message)
-    warnings.warn(message, ProviderFallbackWarning, stacklevel=3)
-
-
 def choose_providers(device: str) -> list[str]:
-    """Providers to ask onnxruntime for, best first, always ending with CPU."""
+    """Providers to ask onnxruntime for, best first, always ending with CPU (engine/devices.py)."""
     import onnxruntime as ort
 
-    available = set(ort.get_available_providers())
-    if device == "auto":
-        names = [PROVIDERS[d] for d in _AUTO_ORDER if PROVIDERS[d] in available]
-    else:
-        if device not in PROVIDERS:
-            raise ModelError(f"unknown device {device!r}; choose one of auto, {', '.join(PROVIDERS)}")
-        wanted = PROVIDERS[device]
-        if wanted not in available:
-            _warn_fallback(
-                f"execution provider {wanted} was requested but this onnxruntime build has only "
-                f"{sorted(available)}; FALLING BACK TO CPU. Install onnxruntime-gpu (CUDA), "
-                "onnxruntime-directml (Windows) or use a build with CoreML (macOS)."
-            )
-            names = []
-        else:
-            names = [wanted]
-    if "CPUExecutionProvider" not in names:
-        names.append("CPUExecutionProvider")
-    return names
+    device = check_device(device)
+    available = ort.get_available_providers()
+    wanted = ONNX_PROVIDERS[device]
+    names = [p for p in wanted if p in available]
+    if device not in ("cpu", "auto") and not names:
+        why = (f"this onnxruntime build has only {', '.join(sorted(available))}" if wanted
+               else "has no execution provider for it")
+        fall_back_to_cpu("onnxruntime", device, why,
+                         "Install onnxruntime-gpu (CUDA), onnxruntime-directml (Windows) or use a build "
+                         "with CoreML (macOS); for Vulkan, use the GGUF export.")
+    return [*names, "CPUExecutionProvider"]
 
 
 def find_onnx_file(folder: Path) -> Path:
@@ -93,16 +79,17 @@ DYNAMIC_QUANT = ("int8",)
 
 
 class OnnxScorer(Scorer):
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None,
+    def __init__(self, path: Path, *, device: str = DEFAULT_DEVICE, threads: int | None = None,
                  max_length: int | None = None, batch_size: int = 16, name: str | None = None) -> None:
         import onnxruntime as ort
 
+        device = check_device(device)  # a typo fails before the model is read
         folder = Path(path)
         if folder.is_file():
             folder = folder.parent
         meta = read_meta(folder)
         model_file = find_onnx_file(folder)
-        self.encoder = Encoder(TokenizerFiles.from_folder(folder, meta), max_length)
+        encoder = Encoder(TokenizerFiles.from_folder(folder, meta), max_length)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -111,8 +98,15 @@ class OnnxScorer(Scorer):
         self._opts, self._providers = opts, requested
         self.session = self._open(model_file)
         in_use = self.session.get_providers()
-        if requested[0] != in_use[0]:
-            _warn_fallback(f"{requested[0]} was requested but the session runs on {in_use[0]}")
+        if requested[0] != in_use[0]:  # the provider is installed but could not start (no device, driver)
+            runs_on = ("FALLING BACK TO CPU." if in_use[0] == "CPUExecutionProvider"
+                       else f"the session runs on {in_use[0]}.")
+            message = (f"device {device!r} was requested but onnxruntime could not start {requested[0]} "
+                       f"(no device or driver?); {runs_on}")
+            if device == "auto":
+                log.info("%s", message)  # auto asked for nothing in particular
+            else:
+                warn_fallback(message)
         self._inputs = {i.name for i in self.session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
@@ -123,30 +117,31 @@ class OnnxScorer(Scorer):
             raise ModelError(f"{model_file}: output {out.name} has {out.shape[-1]} labels; a reward "
                              "model has one score (num_labels=1)")
         self._output = out.name
-        self.batch_size = batch_size
         # the prefix model: opened on first use (plain scoring never needs it)
         prefix_name = meta.get("prefix_model")
         prefix_file = folder / prefix_name if isinstance(prefix_name, str) else None
         self._prefix_file = prefix_file if (prefix_file and prefix_file.is_file()
-                                            and self.encoder.kind == "chat") else None
+                                            and encoder.kind == "chat") else None
         # Dynamic int8 picks each activation tensor's scale from everything computed together,
         # so a prompt run alone and its responses run as a batch score differently from full
         # scoring (bench/bon.py: up to 1.9 on SmolLM2-135M, another best candidate). Sharing
-        # stays available (shared_prompt=True) but is not the default for such exports.
-        self.share_prompt_by_default = str(meta.get("dtype", "fp32")) not in DYNAMIC_QUANT
+        # stays available (shared_prompt=True) but is not the default for such exports. Static
+        # int8 (fixed scales, arbiter.json "activation_quant") shares; legacy int8 is dynamic.
+        self.share_prompt_by_default = not (str(meta.get("dtype", "fp32")) in DYNAMIC_QUANT
+                                            and meta.get("activation_quant", "dynamic") == "dynamic")
         if prefix_file and not self._prefix_file:
             log.info("%s: arbiter.json names %s but it is not there; candidates are scored in full",
                      folder, prefix_name)
         self._prefix: Any = None
         self._prefix_lock = threading.Lock()
-        provider = in_use[0].removesuffix("ExecutionProvider").lower()
-        self.info = ModelInfo(
+        provider = ONNX_PROVIDER_NAMES.get(in_use[0], in_use[0].removesuffix("ExecutionProvider").lower())
+        info = ModelInfo(
             name=name or folder.name,
             format="onnx",
             architecture=architecture_of(folder, meta),
-            pooling=meta.get("pooling") or (DECODER_POOLING if self.encoder.kind == "chat" else ENCODER_POOLING),
-            max_length=self.encoder.max_length,
-            chat_template=self.encoder.files.chat_template,
+            pooling=meta.get("pooling") or (DECODER_POOLING if encoder.kind == "chat" else ENCODER_POOLING),
+            max_length=encoder.max_length,
+            chat_template=encoder.files.chat_template,
             dtype=str(meta.get("dtype", "fp32")),
             files=folder_files(folder, (".onnx", ".onnx_data", ".json", ".jinja")),
             provider=provider,
@@ -155,6 +150,8 @@ class OnnxScorer(Scorer):
                    "prompt_sharing": self._prefix_file is not None,
                    "prompt_sharing_by_default": self._prefix_file is not None and self.share_prompt_by_default},
         )
+        super().__init__(info, encoder, batch_size=batch_size, prompt_sharing=self._prefix_file is not None,
+                         share_prompt_by_default=self.share_prompt_by_default)
 
     def _open(self, model_file: Path) -> Any:
         import onnxruntime as ort
@@ -184,46 +181,13 @@ class OnnxScorer(Scorer):
                 self._prefix = _PrefixModel(self._open(self._prefix_file), self._prefix_file)
             return self._prefix
 
-    def _score_shared_prompt(self, conv: Conversation, responses: Sequence[str]) -> list[Score] | None:
-        """Run the conversation once, then each candidate's response on its key/values.
-
-        A candidate shares only when the prompt's tokens prefix its own tokenization and
-        nothing was cut (a BPE merge across the boundary, or truncation, breaks that);
-        the others are scored in full, so every score equals full scoring.
-        """
-        if self._prefix_file is None:
-            return None
-        items = [Item(conv, r) for r in responses]
-        encoded = [self.encode(it) for it in items]
-        prompt = self.encoder.prompt_ids(items[0])
-        p = len(prompt)
-        # the full graph reads the last non-pad token; reading the same token means
-        # dropping trailing pad ids (pad == EOS in many chat models)
-        pad = self.encoder.pad_token_id
-        ids = [_strip_trailing(e.ids, pad) for e in encoded]
-        ok = [i for i, (e, t) in enumerate(zip(encoded, ids, strict=True))
-              if not e.cut_tokens and len(t) > p and list(t[:p]) == prompt]
-        if not ok:
-            return None
-        scores = dict(zip(ok, self._prefix_session().score_tails(prompt, [ids[i][p:] for i in ok]),
-                          strict=True))
-        rest = [i for i in range(len(encoded)) if i not in scores]
-        if rest:
-            log.debug("%d candidate(s) cross the prompt's token boundary; scored in full", len(rest))
-            scores |= dict(zip(rest, self._score_encoded([encoded[i] for i in rest], self.batch_size, None),
-                               strict=True))
-        return [Score(scores[i], len(e.ids), e.cut_tokens) for i, e in enumerate(encoded)]
+    def _score_tails(self, prompt: Sequence[int], tails: Sequence[Sequence[int]]) -> list[float]:
+        """The conversation runs once with an empty past; its key/values are tiled for the tails."""
+        return self._prefix_session().score_tails(prompt, tails)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
         self._prefix = None
-
-
-def _strip_trailing(ids: Sequence[int], pad: int) -> tuple[int, ...]:
-    end = len(ids)
-    while end and ids[end - 1] == pad:
-        end -= 1
-    return tuple(ids[:end])
 
 
 class _PrefixModel:

@@ -16,6 +16,7 @@ Layout of ``DIR/state``::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,49 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from engine.errors import ModelError
 
+#: beside each file while a checkpoint is written; renamed over it once all of them are complete
+_NEXT = ".next"
+#: present while the renames run: a resume finishes them (a kill -9 mid-save loses nothing)
+_COMMIT = "COMMITTING"
+
+
+def _commit(state_dir: Path) -> None:
+    """Move every ``*.next`` file over its name: all of the new checkpoint, or none of it."""
+    for f in state_dir.glob(f"*{_NEXT}"):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    marker = state_dir / _COMMIT
+    marker.write_text("")  # from here on a resume rolls forward
+    for f in sorted(state_dir.glob(f"*{_NEXT}")):
+        os.replace(f, f.with_name(f.name.removesuffix(_NEXT)))
+    marker.unlink()
+
+
+def _recover(state_dir: Path) -> None:
+    """Finish a commit that a kill interrupted, or drop the files of one that never began."""
+    if (state_dir / _COMMIT).exists():
+        _commit(state_dir)
+    else:
+        for f in state_dir.glob(f"*{_NEXT}"):
+            f.unlink()
+
 
 def save_state(state_dir: Path, model: Any, optimizer: torch.optim.Optimizer, trainer: dict[str, Any],
                *, rank: int, is_main: bool) -> None:
+    """Write a checkpoint atomically: a kill at any moment leaves the previous one or this one."""
     state_dir.mkdir(parents=True, exist_ok=True)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(state_dir / f"rng-{rank}.safetensors"))
-    if not is_main:
+    rng_file = state_dir / f"rng-{rank}.safetensors"
+    if not is_main:  # the main process's commit does not wait for other ranks: theirs lands now
+        tmp = f"{rng_file}.tmp-{os.getpid()}"  # not *.next: the main process's commit is not ours
+        save_file(rng, tmp)
+        os.replace(tmp, rng_file)
         return
-    save_model(model, str(state_dir / "model.safetensors"))  # handles tied weights
+    _recover(state_dir)  # leftovers of a killed save are not part of this one
+    save_file(rng, str(rng_file) + _NEXT)
+    save_model(model, str(state_dir / f"model.safetensors{_NEXT}"))  # handles tied weights
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, list[str]] = {}
@@ -44,13 +77,17 @@ def save_state(state_dir: Path, model: Any, optimizer: torch.optim.Optimizer, tr
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"{idx}.{name}"] = t.detach().reshape(-1).contiguous().cpu()
             layout[str(idx)].append(name)
-    save_file(tensors, str(state_dir / "optimizer.safetensors"))
-    (state_dir / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "state": layout}))
-    (state_dir / "trainer.json").write_text(json.dumps(trainer, indent=2))
+    save_file(tensors, str(state_dir / f"optimizer.safetensors{_NEXT}"))
+    (state_dir / f"optimizer.json{_NEXT}").write_text(
+        json.dumps({"param_groups": sd["param_groups"], "state": layout}))
+    (state_dir / f"trainer.json{_NEXT}").write_text(json.dumps(trainer, indent=2))
+    _commit(state_dir)
 
 
 def load_state(state_dir: Path, model: Any, optimizer: torch.optim.Optimizer, *, rank: int) -> dict[str, Any]:
     """Restore everything :func:`save_state` wrote; returns the trainer dict."""
+    if state_dir.is_dir():
+        _recover(state_dir)
     if not (state_dir / "trainer.json").is_file():
         raise ModelError(f"{state_dir}: no resumable checkpoint (trainer.json missing)")
     missing, unexpected = load_model(model, str(state_dir / "model.safetensors"), strict=False)

@@ -40,8 +40,9 @@ class TrainConfig:
     # length); length_ortho weighs |cos| of the two head rows. 0 = off (one output)
     length_head: float = 0.0
     length_ortho: float = 1.0
-    # weight of |cov(reward, standardized log response length)| over each micro-batch (same
-    # file): a length-decorrelation term in reward units; works with or without the length head
+    # weight of |cov(reward, standardized log response length)| over each micro-batch
+    # (trainer/bt/length_penalty.py): a length-decorrelation term in reward units; works with
+    # or without the length head
     length_penalty: float = 0.0
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set

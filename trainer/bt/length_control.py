@@ -2,10 +2,10 @@
 
 A small reward model trained on LLM-judged pairs learns features that go with length
 (detail, structure, more of everything) faster than content. Length-balanced sampling,
-synthetic longer-is-worse pairs, and the training-time penalties of ``length_head.py``
-either left that in place or stopped the model learning at all (measured on the default
-model's data; see the model card). What works is the idea of AlpacaEval's length-controlled
-win rate applied to the reward itself:
+synthetic longer-is-worse pairs, and the training-time terms of ``length_head.py`` and
+``length_penalty.py`` either left that in place or stopped the model learning at all
+(measured on the default model's data; see the model card). What works is the idea of
+AlpacaEval's length-controlled win rate applied to the reward itself:
 
     controlled score = model output - beta * log(1 + response characters)
 

@@ -24,14 +24,9 @@ Measured on the default model's data (2 CPU cores, MiniLM, same data and seed as
 build): with ODIN's correlation terms the body learned slowly. A correlation's gradient
 scales with 1/std of the rewards, which is tiny at the start, so the terms swamp
 Bradley-Terry's gradient and, after clipping, shrink it (plain gold accuracy 0.47-0.55
-through step 100, against 0.54-0.68 without). The **length penalty**
-(``cfg.length_penalty``), ``|cov(reward, L~)|`` over the micro-batch's responses with L~
-the standardized log length, avoids that: it is in reward units, zero for a model that has
-learned nothing, and its gradient per response is bounded (``L~_i / n``). It needs no
-second output. On that data it still held the training loss at 0.693 for 100 steps at
-weight 1.0, and at 0.3 left the bias in place (LLMBar 34.4, chosen longer 58.6 vs shorter
-23.7 at step 50). The default model uses neither: it ships with length control at scoring
-time instead (``length_control.py``).
+through step 100, against 0.54-0.68 without). The length penalty (``length_penalty.py``)
+avoids that and needs no second output. The default model uses neither: it ships with
+length control at scoring time instead (``length_control.py``).
 """
 
 from __future__ import annotations
@@ -75,13 +70,6 @@ def disentangle_loss(quality: torch.Tensor, length: torch.Tensor, response_chars
     """|corr(quality, L)| - corr(length, L): in [-1, 1], lowest when length lives in output 1 alone."""
     lens = length_signal(response_chars).to(quality)
     return pearson(quality, lens).abs() - pearson(length, lens)
-
-
-def covariance_penalty(reward: torch.Tensor, response_chars: torch.Tensor) -> torch.Tensor:
-    """|cov(reward, standardized log length)|, in reward units: how much reward one std of length buys."""
-    lens = length_signal(response_chars).to(reward)
-    lens = (lens - lens.mean()) / (lens.std(unbiased=False) + EPS)
-    return ((reward - reward.mean()) * lens).mean().abs()
 
 
 def orthogonality_loss(model: Any) -> torch.Tensor:

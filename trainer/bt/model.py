@@ -12,6 +12,7 @@ feeds the same all-zero segment ids the model was trained with).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from engine.encoding import Encoder, TokenizerFiles
 from engine.errors import ModelError
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_meta, write_meta
 from trainer.bt.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 #: text-side files copied next to the trained weights
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -77,9 +80,15 @@ def load_base(base: str | Path, cfg: TrainConfig, *, work_dir: Path) -> Base:
                              "(.bin/.pt can run code). Convert them to safetensors first.")
         config = AutoConfig.from_pretrained(src)
         extra = _dropout_overrides(config, cfg.dropout) if cfg.dropout is not None else {}
+        if _has_other_head(config, heads(cfg)):
+            # a reward model trained with another number of outputs (length_head adds one): its
+            # score head cannot be loaded into this shape, so a fresh head is trained
+            log.warning("%s: its score head has %d output(s), this run trains %d; the head is "
+                        "initialised fresh (the body is kept)", src, config.num_labels, heads(cfg))
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                src, num_labels=heads(cfg), use_safetensors=True, dtype=dtype, **extra)
+                src, num_labels=heads(cfg), use_safetensors=True, dtype=dtype,
+                ignore_mismatched_sizes=True, **extra)
         except (OSError, ValueError) as e:
             raise ModelError(f"{src}: transformers cannot build a sequence classifier from it ({e})") from e
         tok_dir = src
@@ -95,6 +104,12 @@ def load_base(base: str | Path, cfg: TrainConfig, *, work_dir: Path) -> Base:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return Base(model, encoder, tok_dir, str(src))
+
+
+def _has_other_head(config: Any, n_outputs: int) -> bool:
+    """Whether ``config`` is a sequence classifier whose head has another number of outputs."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels != n_outputs
 
 
 def heads(cfg: TrainConfig) -> int:

@@ -8,8 +8,9 @@ keeps them apart with the attention pattern and the position ids:
 
 * decoders (Qwen3, Llama, Gemma, SmolLM2): ``attention_mask=None`` and position ids
   that restart at 0 for each sequence; transformers reads the restarts as packed
-  sequences and builds a block-causal mask (or, with flash-attention 2 on a GPU, runs
-  its variable-length kernel: the padding-free path of ``DataCollatorWithFlattening``).
+  sequences and builds a block-causal mask (the padding-free path of
+  ``DataCollatorWithFlattening``). The trainer loads bases with transformers' default
+  attention; flash-attention 2's variable-length kernel is not wired in.
   The reward is the score head on each sequence's *last* token.
 * BERT-style cross-encoders: a block-diagonal ``[rows, capacity, capacity]`` mask
   (tokens attend only inside their own sequence) and restarting position ids; the

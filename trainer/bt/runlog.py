@@ -4,17 +4,18 @@ Two tables, created on first use (a migration owned by this module):
 ``train_runs`` (one row per run: base, output, config, status, best gold accuracy)
 and ``train_log`` (one row per logged step: kind ``train`` or ``gold``, the numbers
 of :func:`trainer.bt.metrics.pair_metrics`, learning rate and throughput).
-Every write is a transaction.
+Every write is a transaction (``BEGIN IMMEDIATE``: other processes share the file).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from typing import Any
 
-from engine.store import Store
+from engine.store import Store, host, mark_abandoned_runs
 
 LOG_COLUMNS = {
     "run_id": str, "step": int, "kind": str, "time": float, "pairs": int, "loss": float,
@@ -26,15 +27,25 @@ LOG_COLUMNS = {
 }
 
 
+RUN_COLUMNS = {
+    "id": str, "started": float, "finished": float, "status": str, "base": str, "out": str,
+    "config": str, "world_size": int, "train_pairs": int, "gold_pairs": int,
+    "best_step": int, "best_gold_accuracy": float, "steps": int,
+    "pid": int, "host": str,  # the process training it: a run whose process died shows "interrupted"
+}
+
+
 def migrate(store: Store) -> None:
+    """Create or extend the tables; inside BEGIN IMMEDIATE, so two processes do it in turn."""
     db = store.db
-    with db.conn:
+    with store.transaction():
         if "train_runs" not in db.table_names():
-            db["train_runs"].create({
-                "id": str, "started": float, "finished": float, "status": str, "base": str, "out": str,
-                "config": str, "world_size": int, "train_pairs": int, "gold_pairs": int,
-                "best_step": int, "best_gold_accuracy": float, "steps": int,
-            }, pk="id")
+            db["train_runs"].create(RUN_COLUMNS, pk="id")
+        else:
+            have = db["train_runs"].columns_dict
+            for name, kind in RUN_COLUMNS.items():
+                if name not in have:
+                    db["train_runs"].add_column(name, kind)
         if "train_log" not in db.table_names():
             db["train_log"].create(LOG_COLUMNS)
             db["train_log"].create_index(["run_id", "step"])
@@ -52,20 +63,22 @@ class RunLog:
         migrate(store)
 
     def start(self, **fields: Any) -> None:
-        row = {"id": self.run_id, "started": time.time(), "status": "running", **fields}
+        mark_abandoned_runs(self.store, "train_runs")  # runs killed before they could say so
+        row = {"id": self.run_id, "started": time.time(), "status": "running", "pid": os.getpid(),
+               "host": host(), **fields}
         if isinstance(row.get("config"), dict):
             row["config"] = json.dumps(row["config"])
-        with self.store.db.conn:
+        with self.store.transaction():
             self.store.db["train_runs"].upsert(row, pk="id")
 
     def update(self, **fields: Any) -> None:
-        with self.store.db.conn:
+        with self.store.transaction():
             self.store.db["train_runs"].update(self.run_id, fields)
 
     def log(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
         row = {k: metrics.get(k) for k in LOG_COLUMNS if k in metrics}
         row.update(run_id=self.run_id, step=step, kind=kind, time=time.time())
-        with self.store.db.conn:
+        with self.store.transaction():
             self.store.db["train_log"].insert(row)
 
     def rows(self, kind: str | None = None) -> list[dict[str, Any]]:

@@ -14,8 +14,14 @@ hh-rlhf        Anthropic ``\\n\\nHuman: ... \\n\\nAssistant: ...`` transcripts  
 oasst          OASST rank pairs (``context, chosen, rejected, *_rank``)     human
 pandalm        PandaLM test set, 3 annotators, majority vote                human
 auto-j         Auto-J pairwise, label 0 = response 1, 1 = response 2, 2 = tie human
+               (``autoj``, the name ``arbiter eval`` used, is an alias)
 alpacaeval     AlpacaEval GPT-4 preference set                              llm
 =============  ==========================================================  ==========
+
+Every format reads JSONL (``.gz`` too), a JSON array (a file whose first character is
+``[``) or parquet. PandaLM and Auto-J rows are parsed here only (:func:`pandalm_pair`,
+:func:`auto_j_pair`): evaluation (trainer.eval.loaders) builds its records from the same
+pairs, so training and evaluation read the same 999 PandaLM and 1,392 Auto-J rows.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
+from engine.jsonl import read_array
 from engine.types import ROLES, Message, conversation
 from trainer.data.record import (
     ORIGINS,
@@ -36,7 +43,6 @@ from trainer.data.record import (
     decode_parquet_row,
     is_parquet,
     iter_rows,
-    open_text,
 )
 
 Importer = Callable[..., Iterator[PreferencePair]]
@@ -77,7 +83,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for n, row in iter_rows(path):
         if not isinstance(row, dict):
             raise InputError(f"expected a JSON object, got {type(row).__name__}", source=str(path), line=n)
-        yield n, decode_parquet_row(row) if parquet else row
+        if parquet:
+            try:
+                row = decode_parquet_row(row)
+            except InputError as e:
+                raise e.located(str(path), n) from None
+        yield n, row
 
 
 @dataclass
@@ -135,9 +146,9 @@ def read_prompt(path: Path, *, source: str | None = None, label_origin: str = "u
 
     def build(n: int, row: dict[str, Any]) -> PreferencePair:
         if "conversation" in row:
-            conv = conversation(_messages(row["conversation"], "conversation"), system=row.get("system"))
+            conv = conversation(_messages(row["conversation"], "conversation"), system=_system(row))
         else:
-            conv = conversation(_text(row, "prompt"), system=row.get("system"))
+            conv = conversation(_text(row, "prompt"), system=_system(row))
         extra = {k: v for k, v in row.items() if k not in ("prompt", "conversation", "chosen", "rejected",
                                                             "system", "id")}
         return PreferencePair(str(row.get("id", f"{src}:{n}")), conv, _text(row, "chosen"),
@@ -206,71 +217,108 @@ def read_oasst(path: Path, *, split: str = "train", **opts: Any) -> Iterator[Pre
     return _located(path, _rows(path), build, **opts)
 
 
-def iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
-    """Elements of a top-level JSON array, each with the line it starts on."""
-    with open_text(path) as f:
-        text = f.read()
-    dec, pos = json.JSONDecoder(), text.find("[")
-    if pos < 0:
-        raise InputError("expected a JSON array", source=str(path), line=1)
-    pos += 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return
-        line = text.count("\n", 0, pos) + 1
-        try:
-            obj, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", source=str(path), line=e.lineno) from None
-        yield line, obj
+#: elements of a top-level JSON array with the line each starts on (the engine's reader)
+iter_json_array = read_array
+
+
+def _system(row: dict[str, Any]) -> str | None:
+    """The optional ``system`` field: a string, or absent/null; anything else is refused."""
+    v = row.get("system")
+    if v is not None and not isinstance(v, str):
+        raise InputError(f"must be a string; got {type(v).__name__}", field="system")
+    return v
+
+
+def _vote(row: dict[str, Any], name: str, allowed: dict[int, str]) -> int:
+    """An integer label, or the same digit as a string (PandaLM's judge files store
+    results as "1"); never a bool or a float."""
+    v = row.get(name)
+    if name not in row:
+        raise InputError("missing", field=name)
+    if isinstance(v, str) and v.strip() in {str(k) for k in allowed}:
+        return int(v.strip())
+    if type(v) is not int or v not in allowed:
+        choices = ", ".join(f"{k} ({what})" for k, what in allowed.items())
+        raise InputError(f"must be one of {choices}; got {v!r}", field=name)
+    return v
+
+
+def _json_scalar_text(row: dict[str, Any], name: str) -> str:
+    """A response the dataset stored as a bare JSON value: six PandaLM rows (idx 157 to
+    164, "Verify the correctness of the given statement") answer ``true``, a JSON boolean
+    where the other responses are text such as "True.". The three annotators judged
+    that answer, so the pair is real: its text is the JSON literal, as the file has it."""
+    v = row.get(name)
+    if isinstance(v, bool | int | float):
+        return json.dumps(v)
+    return _text(row, name)
+
+
+def pandalm_pair(n: int, row: dict[str, Any], *, ties: str = "keep", split: str = "train") -> PreferencePair | None:
+    """One PandaLM row: three annotators vote 1 or 2 (the better response) or 0 (tie).
+
+    The majority (2 of 3) decides; a majority for 0, or three different votes, is a tie,
+    kept with ``tie=True`` (``ties="keep"``) or dropped (``None``, ``ties="drop"``). The
+    prompt is the instruction and the input, either of which may be blank (row 467 has
+    no instruction), not both.
+    """
+    votes = [_vote(row, k, {0: "tie", 1: "response1", 2: "response2"})
+             for k in ("annotator1", "annotator2", "annotator3")]
+    winner, count = Counter(votes).most_common(1)[0]
+    tie = count < 2 or winner == 0
+    if tie and ties == "drop":
+        return None
+    extra_input = row.get("input") or ""
+    if not isinstance(extra_input, str):
+        raise InputError(f"must be a string; got {type(extra_input).__name__}", field="input")
+    prompt = "\n\n".join(x for x in (_text(row, "instruction").strip(), extra_input) if x.strip())
+    if not prompt:
+        raise InputError("is empty, and so is 'input'", field="instruction")
+    a, b = _json_scalar_text(row, "response1"), _json_scalar_text(row, "response2")
+    chosen, rejected = (b, a) if winner == 2 and not tie else (a, b)
+    attrs = {"votes": votes, "idx": row.get("idx"), "cmp_key": row.get("cmp_key"),
+             "motivation_app": row.get("motivation_app")}
+    return PreferencePair(f"pandalm/{row.get('idx', n)}", conversation(prompt, system=_system(row)), chosen,
+                          rejected, "pandalm", "human", ("annotator1", "annotator2", "annotator3"), attrs,
+                          split, tie)
+
+
+def _ties(ties: str) -> str:
+    if ties not in ("keep", "drop"):
+        raise InputError(f"ties must be 'keep' or 'drop'; got {ties!r}")
+    return ties
 
 
 def read_pandalm(path: Path, *, ties: str = "keep", split: str = "train", **opts: Any) -> Iterator[PreferencePair]:
-    """PandaLM: three annotators vote 1 or 2 (the better response) or 0 (tie).
+    """PandaLM test set (a JSON array, or JSONL): see :func:`pandalm_pair`."""
+    ties = _ties(ties)
+    return _located(path, _rows(path), lambda n, row: pandalm_pair(n, row, ties=ties, split=split), **opts)
 
-    The majority (2 of 3) decides; a majority for 0, or three different votes, is a
-    tie, kept with ``tie=True`` (``ties="keep"``) or dropped (``ties="drop"``).
-    """
-    if ties not in ("keep", "drop"):
-        raise InputError(f"ties must be 'keep' or 'drop'; got {ties!r}")
 
-    def build(n: int, row: dict[str, Any]) -> PreferencePair | None:
-        votes = []
-        for k in ("annotator1", "annotator2", "annotator3"):
-            if row.get(k) not in (0, 1, 2):
-                raise InputError(f"must be 0 (tie), 1 or 2; got {row.get(k)!r}", field=k)
-            votes.append(row[k])
-        winner, count = Counter(votes).most_common(1)[0]
-        tie = count < 2 or winner == 0
-        if tie and ties == "drop":
-            return None
-        prompt = _text(row, "instruction")
-        if row.get("input"):
-            prompt = f"{prompt}\n\n{_text(row, 'input')}"
-        a, b = _text(row, "response1"), _text(row, "response2")
-        chosen, rejected = (b, a) if winner == 2 and not tie else (a, b)
-        attrs = {"votes": votes, "cmp_key": row.get("cmp_key"), "motivation_app": row.get("motivation_app")}
-        return PreferencePair(f"pandalm/{row.get('idx', n)}", conversation(prompt), chosen, rejected,
-                              "pandalm", "human", ("annotator1", "annotator2", "annotator3"), attrs,
-                              split, tie)
-    return _located(path, iter_json_array(path), build, **opts)
+def auto_j_pair(n: int, row: dict[str, Any], *, name: str = "", ties: str = "keep",
+                split: str = "train") -> PreferencePair | None:
+    """One Auto-J pairwise row: ``label`` 0 = response 1 better, 1 = response 2 better,
+    2 = tie (kept with ``tie=True``, or dropped with ``ties="drop"``)."""
+    label = _vote(row, "label", {0: "response 1", 1: "response 2", 2: "tie"})
+    if label == 2 and ties == "drop":
+        return None
+    prompt = _text(row, "prompt")
+    if not prompt.strip():
+        raise InputError("is empty", field="prompt")
+    scenario = row.get("scenario")
+    if scenario is not None and not isinstance(scenario, str):
+        raise InputError(f"must be a string; got {type(scenario).__name__}", field="scenario")
+    a, b = _text(row, "response 1"), _text(row, "response 2")
+    chosen, rejected = (b, a) if label == 1 else (a, b)
+    return PreferencePair(f"auto-j/{name}:{n}", conversation(prompt, system=_system(row)), chosen, rejected,
+                          "auto-j", "human", (), {"scenario": scenario}, split, label == 2)
 
 
 def read_auto_j(path: Path, *, ties: str = "keep", split: str = "train", **opts: Any) -> Iterator[PreferencePair]:
-    """Auto-J pairwise: ``label`` 0 = response 1 better, 1 = response 2 better, 2 = tie."""
-    def build(n: int, row: dict[str, Any]) -> PreferencePair | None:
-        label = row.get("label")
-        if label not in (0, 1, 2):
-            raise InputError(f"must be 0 (response 1), 1 (response 2) or 2 (tie); got {label!r}", field="label")
-        if label == 2 and ties == "drop":
-            return None
-        a, b = _text(row, "response 1"), _text(row, "response 2")
-        chosen, rejected = (b, a) if label == 1 else (a, b)
-        return PreferencePair(f"auto-j/{path.name}:{n}", conversation(_text(row, "prompt")), chosen, rejected,
-                              "auto-j", "human", (), {"scenario": row.get("scenario")}, split, label == 2)
-    return _located(path, _rows(path), build, **opts)
+    """Auto-J pairwise: see :func:`auto_j_pair`."""
+    ties = _ties(ties)
+    return _located(path, _rows(path),
+                    lambda n, row: auto_j_pair(n, row, name=path.name, ties=ties, split=split), **opts)
 
 
 def read_alpacaeval(path: Path, *, split: str = "train", **opts: Any) -> Iterator[PreferencePair]:
@@ -296,14 +344,19 @@ FORMATS: dict[str, Importer] = {
     "alpacaeval": read_alpacaeval,
 }
 
+#: old names a command accepted, each mapped to the one name (``arbiter eval --bench autoj:...``)
+FORMAT_ALIASES: dict[str, str] = {"autoj": "auto-j"}
+
+
+def canonical_format(name: str) -> str:
+    """The one name of a format, given it or an old alias."""
+    return FORMAT_ALIASES.get(name, name)
+
 
 def detect_format(path: Path) -> str:
     """The format of a file, from its first row's fields."""
     path = Path(path)
-    if path.suffix == ".json":
-        first = next(iter_json_array(path), (1, None))[1]
-    else:
-        first = next(iter(_rows(path)), (1, None))[1]
+    first = next(iter_rows(path), (1, None))[1]
     if not isinstance(first, dict):
         raise InputError("empty, or not a file of JSON objects", source=str(path))
     keys = set(first)
@@ -333,7 +386,7 @@ def load(path: str | Path, fmt: str = "auto", **opts: Any) -> Iterator[Preferenc
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", source=str(path))
-    name = detect_format(path) if fmt == "auto" else fmt
+    name = detect_format(path) if fmt == "auto" else canonical_format(fmt)
     if name not in FORMATS:
         raise InputError(f"unknown format {name!r}; one of {', '.join(FORMATS)}")
     return FORMATS[name](path, **opts)

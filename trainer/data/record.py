@@ -7,7 +7,9 @@ pairs apart from LLM "silver" ones), so every pair carries its ``label_origin`` 
 the ids of its labellers.
 
 Files are read row by row (JSONL line by line, parquet row group by row group), so
-a set larger than memory streams; nothing here loads a whole file.
+a set larger than memory streams; only a JSON array (a file starting with ``[``) is
+read whole. Every read error is an ``InputError`` naming the file and the line (the
+row, for parquet) and the field.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from engine.errors import InputError
-from engine.jsonl import read_rows
+from engine.jsonl import parse_json, read_json_or_jsonl
 from engine.types import Conversation, Message, conversation
 
 #: who decided: people, an LLM judge, a reward model, or a rule (synthetic negatives)
@@ -94,6 +96,9 @@ class PreferencePair:
         conv_raw = row.get("conversation")
         if not isinstance(conv_raw, list):
             raise InputError("must be a list of {role, content} messages", field="conversation")
+        labellers = row.get("labellers") or []
+        if not isinstance(labellers, list):
+            raise InputError(f"must be a list of labeller ids; got {type(labellers).__name__}", field="labellers")
         return PreferencePair(
             id=str(row.get("id", "")),
             conversation=conversation(conv_raw),
@@ -101,7 +106,7 @@ class PreferencePair:
             rejected=row["rejected"],
             source=str(row.get("source", "")),
             label_origin=origin,
-            labellers=tuple(str(x) for x in row.get("labellers") or ()),
+            labellers=tuple(str(x) for x in labellers),
             attributes=attrs,
             split=str(row.get("split", "train")),
             tie=bool(row.get("tie", False)),
@@ -117,31 +122,33 @@ def pair(conv: Iterable[dict[str, Any] | Message] | str, chosen: str, rejected: 
 
 # -- files ---------------------------------------------------------------------
 
-def open_text(path: Path) -> IO[str]:
-    """A text handle; ``.gz`` files are decompressed on the fly."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115
-
-
 def is_parquet(path: Path) -> bool:
     return path.suffix == ".parquet"
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line, parsed value) for each non-blank line (``.gz`` too): the engine's reader."""
-    return read_rows(path)
+    """(1-based line, parsed value) for each non-blank line (``.gz`` too), or for each
+    element of a JSON array (the line it starts on): the engine's reader."""
+    return read_json_or_jsonl(path)
 
 
 def iter_parquet(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based row, row dict), one record batch in memory at a time."""
+    """(1-based row, row dict), one record batch in memory at a time; a file pyarrow
+    cannot read is an InputError naming it (and the row it stopped at)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as e:
+        # pyarrow's readers raise these on corrupt files (ArrowInvalid, OSError, ...)
+        raise InputError(f"not a readable parquet file ({type(e).__name__}: {str(e)[:200]})",
+                         source=str(path), line=n + 1 if n else None) from None
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -212,9 +219,12 @@ def write_pairs(pairs: Iterable[PreferencePair], path: Path, *, batch_rows: int 
 
 
 def decode_parquet_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Undo :func:`write_pairs`' JSON-string columns."""
+    """Undo :func:`write_pairs`' JSON-string columns (InputError naming the column)."""
     out = dict(row)
     for k in ("conversation", "labellers", "attributes"):
         if isinstance(out.get(k), str):
-            out[k] = json.loads(out[k])
+            try:
+                out[k] = parse_json(out[k])
+            except InputError as e:
+                raise InputError(e.reason, field=k) from None
     return out

@@ -16,7 +16,7 @@ METRICS: dict[str, Callable[[Sequence[Scored]], dict[str, Any]]] = {
     "pairwise": accuracy,
     "llmbar": accuracy,
     "pandalm": accuracy,
-    "autoj": accuracy,
+    "auto-j": accuracy,
     "rewardbench": rewardbench_v1,
     "rewardbench2": rewardbench_v2,
     "rm-bench": rm_bench,

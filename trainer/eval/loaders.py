@@ -8,13 +8,14 @@ folder can be evaluated as a whole.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
 from engine.types import Conversation, conversation
+from trainer.data.importers import auto_j_pair, canonical_format, pandalm_pair
+from trainer.data.record import PreferencePair
 from trainer.eval.items import Record, pair
 from trainer.eval.reading import Row, first_row, rows
 from trainer.eval.rewardbench import V1_SUBSETS
@@ -144,50 +145,32 @@ def load_llmbar(path: Path) -> list[Record]:
     return rows(path, build)
 
 
-def _majority(votes: list[int]) -> int | None:
-    for v in set(votes):
-        if votes.count(v) * 2 > len(votes):
-            return v
-    return None
-
-
-def _loose_text(r: Row, name: str) -> str:
-    """A response that JSON stored as a bare value: PandaLM row 158 answers ``true``."""
-    v = r.get(name)
-    if isinstance(v, bool | int | float) and not isinstance(v, str):
-        return json.dumps(v)
-    return r.text(name)
+def _from_pair(p: PreferencePair | None, key: str, category: str) -> Record | None:
+    """A benchmark record from the preference-data reader's pair (chosen first)."""
+    if p is None:
+        return None
+    return pair(key, p.conversation, p.chosen, p.rejected, category=category, tie=p.tie)
 
 
 def load_pandalm(path: Path) -> list[Record]:
     """PandaLM test set: ``instruction``, ``input``, ``response1``, ``response2`` and three
-    annotators (0 = tie, 1 or 2 = the better response). The label is the annotators'
-    majority; a majority tie, or no majority, is a tie (counted, not scored)."""
-    def build(n: int, r: Row) -> Record:
-        votes = [r.choice(f"annotator{i}", {0: 0, 1: 1, 2: 2}) for i in (1, 2, 3)]
-        label = _majority(votes)
-        extra_input = r.get("input") or ""
-        if not isinstance(extra_input, str):
-            raise InputError("must be a string", field="input")
-        # the instruction may be blank when the input says it all (row 467 of the test set)
-        prompt = "\n\n".join(x for x in (r.text("instruction").strip(), extra_input) if x.strip())
-        if not prompt:
-            raise InputError("is empty, and so is 'input'", field="instruction")
-        r1, r2 = _loose_text(r, "response1"), _loose_text(r, "response2")
-        chosen, rejected = (r2, r1) if label == 2 else (r1, r2)
-        return pair(_key(r, n, "idx"), prompt, chosen, rejected,
-                    category=str(r.get("motivation_app") or ""), tie=label in (0, None))
+    annotators (0 = tie, 1 or 2 = the better response), read by the one PandaLM reader
+    (:func:`trainer.data.importers.pandalm_pair`). A majority tie, or no majority, is a
+    tie (counted, not scored)."""
+    def build(n: int, r: Row) -> Record | None:
+        motivation = r.get("motivation_app")
+        return _from_pair(pandalm_pair(n, r.row), _key(r, n, "idx"),
+                          motivation if isinstance(motivation, str) else "")
     return rows(path, build)
 
 
-def load_autoj(path: Path) -> list[Record]:
+def load_auto_j(path: Path) -> list[Record]:
     """Auto-J pairwise test data: ``prompt``, ``response 1``, ``response 2``, ``label``
-    (0 = response 1 better, 1 = response 2 better, 2 = tie), ``scenario``."""
-    def build(n: int, r: Row) -> Record:
-        label = r.choice("label", {0: 0, 1: 1, 2: 2})
-        r1, r2 = r.text("response 1"), r.text("response 2")
-        chosen, rejected = (r2, r1) if label == 1 else (r1, r2)
-        return pair(f"row{n}", _conv(r), chosen, rejected, category=r.text("scenario"), tie=label == 2)
+    (0 = response 1 better, 1 = response 2 better, 2 = tie), ``scenario``; read by the one
+    Auto-J reader (:func:`trainer.data.importers.auto_j_pair`)."""
+    def build(n: int, r: Row) -> Record | None:
+        p = auto_j_pair(n, r.row, name=Path(path).name)
+        return _from_pair(p, f"row{n}", (p.attributes.get("scenario") if p else None) or "")
     return rows(path, build)
 
 
@@ -230,7 +213,7 @@ LOADERS: dict[str, Callable[[Path], list[Record]]] = {
     "rmb": load_rmb,
     "llmbar": load_llmbar,
     "pandalm": load_pandalm,
-    "autoj": load_autoj,
+    "auto-j": load_auto_j,
     "ppe": load_ppe,
 }
 
@@ -253,7 +236,7 @@ def detect_row(row: Any) -> str | None:
     if {"response1", "response2", "annotator1"} <= keys:
         return "pandalm"
     if {"response 1", "response 2", "label"} <= keys:
-        return "autoj"
+        return "auto-j"
     if ("responses" in keys and "correct" in keys) or {"response_1", "score_1"} <= keys:
         return "ppe"
     if {"chosen", "rejected"} <= keys:
@@ -276,6 +259,8 @@ def detect(path: Path) -> str | None:
 
 
 def load(fmt: str, path: Path) -> list[Record]:
+    """Records of one file in a named format (an old alias such as ``autoj`` is accepted)."""
+    fmt = canonical_format(fmt)
     if fmt not in LOADERS:
         raise InputError(f"unknown benchmark format {fmt!r}; one of {', '.join(LOADERS)}")
     return LOADERS[fmt](Path(path))

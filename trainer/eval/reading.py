@@ -1,32 +1,37 @@
-"""Reading benchmark files (JSON arrays or JSONL) with errors that name file, line and field."""
+"""Reading benchmark files (JSON arrays or JSONL) with errors that name file, line and field.
+
+The bytes are read by the engine's one JSON reader (engine.jsonl), so a benchmark file
+with bad UTF-8, a corrupt ``.gz``, a lone surrogate or absurd nesting gets the same
+located message as scoring input.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
+from engine.jsonl import is_json_array, read_array
 from engine.jsonl import read_rows as read_jsonl
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(position, row) for every row. JSONL: the line number; a JSON array: the item number.
-
-    Both count from 1, so an error reads ``FILE:N: field 'X': ...`` either way.
-    """
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1 << 12).lstrip()
-    if head.startswith("["):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg})", source=str(path), line=e.lineno) from None
-        yield from enumerate(data, start=1)
+def _numbered(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """(position, line, row): the position is the line number for JSONL and the item
+    number (from 1) for a JSON array, whose items keep the keys ``row{N}`` they always had;
+    the line is where the row starts, for error messages."""
+    if is_json_array(path):
+        for i, (line, row) in enumerate(read_array(path), start=1):
+            yield i, line, row
         return
-    yield from read_jsonl(path)
+    for line, row in read_jsonl(path):
+        yield line, line, row
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(position, row) for every row. JSONL: the line number; a JSON array: the item number."""
+    for n, _, row in _numbered(Path(path)):
+        yield n, row
 
 
 def first_row(path: Path) -> Any | None:
@@ -34,7 +39,7 @@ def first_row(path: Path) -> Any | None:
     try:
         for _, row in read_rows(path):
             return row
-    except (InputError, UnicodeDecodeError, OSError):
+    except (InputError, OSError):
         return None
     return None
 
@@ -89,11 +94,15 @@ class Row:
 def rows(path: Path, build: Callable[[int, Row], Any]) -> list[Any]:
     """Apply ``build`` to every row; the first bad row raises, placed at its file and line."""
     out = []
-    for n, raw in read_rows(path):
+    for n, line, raw in _numbered(Path(path)):
         try:
             item = build(n, Row(raw))
         except InputError as e:
-            raise e.located(str(path), n) from None
+            located = e.located(str(path), line)
+            if n != line:  # a JSON array: say which item too (one-line arrays are common)
+                located = InputError(f"{e.reason} (array item {n})", source=str(path), line=line,
+                                     field=e.field)
+            raise located from None
         if item is not None:
             out.append(item)
     return out

@@ -7,6 +7,7 @@ FORMAT when one is given), all files of one format in a folder forming one bench
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,19 +16,24 @@ from typing import Any
 
 from engine.errors import InputError
 from engine.files import file_info
+from engine.output import write_text
 from engine.scorer import CancelToken, Scorer
 from engine.types import Item, Score
+from trainer.data.importers import canonical_format
 from trainer.eval.benchmarks import METRICS, evaluate
 from trainer.eval.items import Record, Scored
 from trainer.eval.loaders import LOADERS, detect, load
 from trainer.eval.precomputed import SCORE_LOADERS, SCORE_METRICS
-from trainer.eval.report import markdown, write_json, write_plots
+from trainer.eval.report import jsonable, markdown, write_plots
 from trainer.eval.runs import EvalStore, model_identity
 
 #: (benchmark name, items done, items to do)
 Progress = Callable[[str, int, int | None], None]
-#: scores are committed to the store (and progress reported) every this many items
-COMMIT_EVERY = 128
+#: scores are committed to the store (and progress reported) every this many items: a kill -9
+#: loses at most this many, and a few seconds of work on any CPU (items are scored this many at a time)
+COMMIT_EVERY = 32
+#: ... or sooner, once this many seconds have passed since the last commit
+COMMIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class Outcome:
 
 def parse_spec(spec: str, known: Sequence[str]) -> tuple[str | None, Path]:
     head, sep, rest = spec.partition(":")
+    head = canonical_format(head)  # an old name (autoj) means the one name (auto-j)
     if sep and head in known:
         return head, Path(rest).expanduser()
     return None, Path(spec).expanduser()
@@ -127,6 +134,7 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
                 pending.append((sha, f"{base}#{i}", Item(rec.conversation, resp)))
     fresh: dict[tuple[str, str], Score] = {}
     buffer: list[tuple[str, str, Score]] = []
+    last_commit = time.monotonic()
     try:
         stream = scorer.iter_scores((it for _, _, it in pending), batch_size=batch_size, cancel=cancel,
                                     total=len(pending), on_too_long="skip", window=commit_every,
@@ -134,9 +142,9 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
         for (sha, key, _), s in zip(pending, stream, strict=False):
             fresh[sha, key] = s
             buffer.append((sha, key, s))
-            if len(buffer) >= commit_every:
+            if len(buffer) >= commit_every or time.monotonic() - last_commit >= COMMIT_SECONDS:
                 store.save_scores(model_id, buffer)
-                buffer = []
+                buffer, last_commit = [], time.monotonic()
     finally:
         store.save_scores(model_id, buffer)
     scored = []
@@ -160,10 +168,11 @@ def _write(result: dict[str, Any], out_dir: Path | None, stem: str, plots: bool)
     if out_dir is None:
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Any] = {"json": str(write_json(result, out_dir / f"{stem}.json"))}
-    md = out_dir / f"{stem}.md"
-    md.write_text(markdown(result), encoding="utf-8")
-    paths["markdown"] = str(md)
+    # atomically (engine.output): a killed run leaves the previous file or none, never half of one
+    js = write_text(out_dir / f"{stem}.json",
+                    json.dumps(jsonable(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    md = write_text(out_dir / f"{stem}.md", markdown(result))
+    paths: dict[str, Any] = {"json": str(js), "markdown": str(md)}
     if plots:
         paths["plots"] = [str(p) for p in write_plots(result, out_dir)]
     return paths
@@ -182,7 +191,7 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
     files_meta = [{"name": b.name, "format": b.format,
                    "files": [{"path": str(f), "sha256": file_info(f).sha256} for f in b.files]}
                   for b in benches]
-    run_id = store.run_id(model_id, files_meta)
+    run_id = store.run_id(model_id, files_meta, limit)
     options = {"limit": limit, "batch_size": batch_size}
     store.start_run(run_id, info, model_id, files_meta, options)
     started = time.time()

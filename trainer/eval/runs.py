@@ -2,9 +2,12 @@
 
 Two tables, created here (the engine's store knows nothing about evaluation):
 
-* ``eval_runs``: one row per (model, benchmark files): the model's name, format,
-  quantization and files with their sha256, the benchmark files with theirs, the
-  metrics, and when the run started and finished;
+* ``eval_runs``: one row per (model, benchmark files, ``--limit``): the model's name,
+  format, quantization and files with their sha256, the benchmark files with theirs, the
+  metrics, when the run started and finished, its status and the process running it
+  (``pid``, ``host``). A run whose process died without a word (kill -9, power loss) is
+  shown as ``interrupted`` as soon as any later run starts, and the same command
+  again takes its row over (``attempts`` counts the tries);
 * ``eval_scores``: one score per (model identity, benchmark file sha256, item key),
   written in a transaction every few dozen items, so an interrupted run loses at most
   that much and the same command continues where it stopped.
@@ -15,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store import Store
+from engine.store import Store, host, mark_abandoned_runs
 from engine.types import ModelInfo, Score
 from trainer.eval.report import jsonable
 
@@ -41,6 +45,14 @@ class StoredScore:
     skipped: str | None
 
 
+RUN_COLUMNS = {
+    "id": str, "model": str, "model_id": str, "format": str, "quantization": str,
+    "model_files": str, "benchmarks": str, "metrics": str, "options": str,
+    "started": float, "finished": float, "status": str, "attempts": int,
+    "pid": int, "host": str,  # the process running it, so a dead one's row can be told apart
+}
+
+
 class EvalStore:
     """Evaluation tables on top of the engine's store (same file, same WAL database)."""
 
@@ -50,18 +62,20 @@ class EvalStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        names = self.db.table_names()
-        if "eval_runs" not in names:
-            self.db["eval_runs"].create({
-                "id": str, "model": str, "model_id": str, "format": str, "quantization": str,
-                "model_files": str, "benchmarks": str, "metrics": str, "options": str,
-                "started": float, "finished": float, "status": str, "attempts": int,
-            }, pk="id")
-        if "eval_scores" not in names:
-            self.db["eval_scores"].create({
-                "model_id": str, "file_sha256": str, "item_key": str, "value": float,
-                "n_tokens": int, "cut_tokens": int, "skipped": str,
-            }, pk=("model_id", "file_sha256", "item_key"))
+        with self.store.transaction():  # BEGIN IMMEDIATE: another process may migrate the same file
+            names = self.db.table_names()
+            if "eval_runs" not in names:
+                self.db["eval_runs"].create(RUN_COLUMNS, pk="id")
+            else:  # a store made by an older Arbiter: add what it lacks
+                have = self.db["eval_runs"].columns_dict
+                for name, kind in RUN_COLUMNS.items():
+                    if name not in have:
+                        self.db["eval_runs"].add_column(name, kind)
+            if "eval_scores" not in names:
+                self.db["eval_scores"].create({
+                    "model_id": str, "file_sha256": str, "item_key": str, "value": float,
+                    "n_tokens": int, "cut_tokens": int, "skipped": str,
+                }, pk=("model_id", "file_sha256", "item_key"))
 
     # ---- scores ------------------------------------------------------------------------
     def scores(self, model_id: str, file_sha256: str) -> dict[str, StoredScore]:
@@ -76,30 +90,38 @@ class EvalStore:
                     "value": None if s.skipped else s.value, "n_tokens": s.n_tokens,
                     "cut_tokens": s.cut_tokens, "skipped": s.skipped} for sha, key, s in rows]
         if records:
-            with self.db.conn:
+            with self.store.transaction():
                 self.db["eval_scores"].upsert_all(records, pk=("model_id", "file_sha256", "item_key"))
         return len(records)
 
     # ---- runs --------------------------------------------------------------------------
     @staticmethod
-    def run_id(model_id: str, benchmarks: Sequence[dict[str, Any]]) -> str:
-        key = [model_id, sorted((b["format"], f["sha256"]) for b in benchmarks for f in b["files"])]
+    def run_id(model_id: str, benchmarks: Sequence[dict[str, Any]], limit: int | None = None) -> str:
+        """Same model, benchmark files and ``--limit``: same run (``--limit 30`` and 80 differ)."""
+        key: list[Any] = [model_id, sorted((b["format"], f["sha256"]) for b in benchmarks for f in b["files"])]
+        if limit is not None:  # without a limit the id stays what older versions gave
+            key.append({"limit": limit})
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+    def mark_abandoned(self) -> int:
+        """Runs left "running" by a process that died on this host become "interrupted"."""
+        return mark_abandoned_runs(self.store, "eval_runs")
 
     def start_run(self, run_id: str, info: ModelInfo, model_id: str,
                   benchmarks: Sequence[dict[str, Any]], options: dict[str, Any]) -> None:
-        row = self.db.execute("select attempts from eval_runs where id = ?", [run_id]).fetchone()
-        with self.db.conn:
+        self.mark_abandoned()
+        with self.store.transaction():
+            row = self.db.execute("select attempts from eval_runs where id = ?", [run_id]).fetchone()
             self.db["eval_runs"].upsert({
                 "id": run_id, "model": info.name, "model_id": model_id, "format": info.format,
                 "quantization": info.dtype, "model_files": json.dumps(info.to_dict()["files"]),
                 "benchmarks": json.dumps(benchmarks), "metrics": None, "options": json.dumps(options),
                 "started": time.time(), "finished": None, "status": "running",
-                "attempts": (row[0] if row else 0) + 1,
+                "attempts": (row[0] if row else 0) + 1, "pid": os.getpid(), "host": host(),
             }, pk="id")
 
     def finish_run(self, run_id: str, metrics: Any, *, status: str = "done") -> None:
-        with self.db.conn:
+        with self.store.transaction():
             self.db["eval_runs"].update(run_id, {"metrics": json.dumps(jsonable(metrics)),
                                                  "finished": time.time(), "status": status})
 

@@ -150,6 +150,12 @@ def parser() -> argparse.ArgumentParser:
                     help="ship the raw output (default: fit the length correction, trainer/bt/length_control.py)")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
+    ap.add_argument("--onnx-only", action="store_true",
+                    help="only re-export the ONNX copy from WORK/run/best (verified; build.json updated)")
+    ap.add_argument("--runtime-only", action="store_true",
+                    help="only time the shipped copies on RM-Bench and record the fastest (runtime.json)")
+    ap.add_argument("--runtime-items", type=int, default=None,
+                    help="RM-Bench records to time each copy on (default: all)")
     return ap
 
 
@@ -164,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.card_only:
         write_card(args.data, args.work)
         return 0
+    if args.onnx_only:
+        reexport_onnx(args.work / "run" / "best", args.work)
+        return 0
+    if args.runtime_only:
+        measure_runtimes(args.data, limit=args.runtime_items)
+        return 0
     t0 = time.time()
     report = build_data(args.data, args.work, pairs=args.pairs, seed=args.seed, off_topic=args.off_topic,
                         padded=args.padded)
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.exists():
             shutil.rmtree(run)
         train(minilm_dir(), read_pairs(args.work / "train.jsonl"), read_pairs(args.work / "gold.jsonl"), run, cfg,
-              notes={"recipe": "app/recipes/default_model.py", "data": report["mix"]})
+              notes={"recipe": "app/pipelines/default_model.py", "data": report["mix"]})
     train_s = time.time() - t0
     best = run / "best"
     if args.skip_train and (BUILTIN / "build.json").is_file():  # the training's cost, not this re-export's
@@ -187,8 +199,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"length correction: beta {fit['beta']:.4f} per unit of log(1 + characters), "
               f"fitted on {fit['pairs']} training pairs", flush=True)
     export(best, args.work, report, train_s, cfg)
+    measure_runtimes(args.data)
     write_card(args.data, args.work)
     return 0
+
+
+def measure_runtimes(data: Path, *, limit: int | None = None, repeat: int = 2, threads: int = 2) -> dict:
+    """Time each shipped copy on RM-Bench as ``arbiter eval`` runs it; the fastest of those that
+    agree with the others on accuracy is what ``--model default`` opens (engine.registry).
+
+    The copies take turns (best of ``repeat``), so other load on the machine hits both alike;
+    each run gets an empty evaluation store, so nothing is reused.
+    """
+    import os
+    import tempfile
+
+    import engine
+    from engine.registry import RUNTIME_FILE
+    from trainer.eval.runner import run_model
+
+    spec = f"rm-bench:{data / 'rm-bench'}"
+    best: dict[str, float] = {}
+    acc: dict[str, float] = {}
+    items: dict[str, int] = {}
+    home = os.environ.get("ARBITER_HOME")
+    try:
+        for _ in range(repeat):
+            for fmt in ("onnx", "gguf"):
+                with tempfile.TemporaryDirectory(prefix="arbiter-runtime-") as tmp:
+                    os.environ["ARBITER_HOME"] = tmp
+                    with engine.load("default", format=fmt, threads=threads) as rm:
+                        t = time.perf_counter()
+                        out = run_model(rm, [spec], out_dir=Path(tmp) / "eval", limit=limit, plots=False)
+                        best[fmt] = min(best.get(fmt, math.inf), time.perf_counter() - t)
+                        dtype = rm.info.dtype
+                    items[fmt] = out.items_scored
+                    m = out.result["benchmarks"][0]["metrics"]["model"]  # accuracy in %, by difficulty
+                    acc[f"{fmt} {dtype}"] = "hard/normal/easy " + " / ".join(
+                        f"{m[k]:.1f}" for k in ("hard", "normal", "easy"))
+    finally:
+        if home is None:
+            os.environ.pop("ARBITER_HOME", None)
+        else:
+            os.environ["ARBITER_HOME"] = home
+    order = sorted(best, key=best.get)
+    fast, slow = order[0], order[-1]
+    why = (f"fastest measured: RM-Bench ({items[fast]} responses, {threads} threads) took "
+           f"{best[fast]:.0f} s as {fast} and {best[slow]:.0f} s as {slow} ({best[slow] / best[fast]:.1f}x), "
+           f"accuracy {', '.join(f'{k} {v}' for k, v in acc.items())}")
+    record = {"order": order, "why": why, "seconds": {k: round(v, 1) for k, v in best.items()},
+              "accuracy": acc, "responses": items, "threads": threads, "limit": limit,
+              "measured": time.strftime("%Y-%m-%d"),
+              "command": "python -m app.pipelines.default_model --runtime-only"
+                         + (f" --runtime-items {limit}" if limit else "")}
+    (BUILTIN / RUNTIME_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    print(why, flush=True)
+    return record
 
 
 def recipe_config(args: argparse.Namespace, **overrides) -> TrainConfig:
@@ -203,6 +269,39 @@ def recipe_config(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
+#: training pairs (both responses) the int8 activation ranges are calibrated on, beside the probes
+CALIBRATION_PAIRS = 100
+
+
+def calibration_pairs(work: Path, n: int = CALIBRATION_PAIRS, seed: int = 0) -> list:
+    """A seeded sample of the training pairs as items (real text, never a benchmark's)."""
+    from engine.types import Item
+    from trainer.data.record import read_pairs
+
+    pairs = list(read_pairs(work / "train.jsonl"))
+    random.Random(seed).shuffle(pairs)
+    return [Item(p.conversation, r) for p in pairs[:n] for r in (p.chosen, p.rejected)]
+
+
+def reexport_onnx(best: Path, work: Path) -> None:
+    """Only the ONNX copy, from the trained checkpoint: verified, recorded in build.json."""
+    from exports.onnx import export_onnx
+    from exports.verify import verify
+
+    stage = work / "builtin-onnx"
+    if stage.exists():
+        shutil.rmtree(stage)
+    onnx_dir = export_onnx(best, stage, quant="int8", prefix=False, calibration=calibration_pairs(work))
+    check = verify(onnx_dir, best).to_dict()
+    build = json.loads((BUILTIN / "build.json").read_text())
+    build["verify"]["onnx int8"] = check
+    shutil.rmtree(BUILTIN / "onnx")
+    shutil.copytree(onnx_dir, BUILTIN / "onnx")
+    (BUILTIN / "build.json").write_text(json.dumps(build, indent=2, default=str))
+    print(f"verify onnx int8: max |diff| {check['max_abs_diff']:.3g}, same winner {check['pair_agreement']:.1%} "
+          f"({'PASS' if check['passed'] else 'FAIL'})")
+
+
 def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
     """ONNX int8 + GGUF q8_0 into engine/builtin/default, each verified against torch."""
     from exports.gguf import export_gguf
@@ -212,7 +311,7 @@ def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
     stage = work / "builtin"
     if stage.exists():
         shutil.rmtree(stage)
-    onnx_dir = export_onnx(best, stage / "onnx", quant="int8", prefix=False)
+    onnx_dir = export_onnx(best, stage / "onnx", quant="int8", prefix=False, calibration=calibration_pairs(work))
     gguf_file = export_gguf(best, stage / "gguf", quants=("q8_0",))[0]
     checks = {"onnx int8": verify(onnx_dir, best).to_dict(), "gguf q8_0": verify(gguf_file, best).to_dict()}
     training = json.loads((best / "training.json").read_text()) if (best / "training.json").is_file() else {}
@@ -249,6 +348,7 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     bias_rows = []  # the benchmarks' own length-bias diagnostics, gathered under the warning
     gaps: dict[str, float] = {}  # accuracy when chosen is longer minus when it is shorter, points
     with engine.load("default", threads=2) as rm:
+        results_runtime = f"`--model default`: {rm.info.format} {rm.info.dtype}, as users run it"
         gold_controlled = _gold_split(rm, work / "gold.jsonl")
         for fmt, rel, limit in CARD_BENCHMARKS:
             out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
@@ -281,7 +381,7 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     from engine.modelmeta import read_meta
 
     shipped_meta = read_meta(BUILTIN / "onnx")
-    card = CARD.format(
+    card = render_card(
         beta=float(shipped_meta.get("length_correction") or 0.0),
         beta_pairs=(build.get("length_correction_fit") or {}).get("pairs", "the"),
         mix="\n".join(f"| {k} | {v} |" for k, v in mix.items()),
@@ -294,14 +394,35 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         bias_note=bias_note,
         training=json.dumps({k: v for k, v in t.items() if k in ("best_step", "best_gold", "step", "data")}, indent=1,
                             default=str)[:3000],
-        verify="\n".join(f"| {k} | {v['max_abs_diff']:.3g} | {v['pair_agreement']:.1%} |"
+        verify="\n".join(f"| {k} | {v['max_abs_diff']:.3g} | {v['pair_agreement']:.1%} | {_gate(v)} |"
                           for k, v in build["verify"].items()),
+        runtime=_runtime_line(), results_runtime=results_runtime,
         results="\n\n".join(sections),
     )
     path = BUILTIN / "MODEL_CARD.md"
     path.write_text(card, encoding="utf-8")
     print(f"model card written to {path}")
     return path
+
+
+def _gate(v: dict) -> str:
+    """`arbiter verify`'s gate for one file and whether it passed, as the card states it."""
+    gate = (f"max abs diff <= {v['max_diff_allowed']:g}" if v.get("max_diff_allowed") is not None
+            else f"same winner >= {v['min_agreement']:.0%}" if v.get("min_agreement") is not None
+            else "reported only")
+    return f"{gate}: **{'PASS' if v['passed'] else 'FAIL'}**"
+
+
+def _runtime_line() -> str:
+    """Which copy `--model default` opens and the measurement behind it (runtime.json)."""
+    from engine.registry import RUNTIME_FILE
+
+    path = BUILTIN / RUNTIME_FILE
+    if not path.is_file():
+        return "No runtime measurement is shipped: the engine opens the ONNX copy first."
+    rec = json.loads(path.read_text())
+    return (f"`--model default` opens the **{rec['order'][0]}** copy: {rec['why']} "
+            f"(`{rec['command']}`, {rec['measured']}). `--format {rec['order'][-1]}` opens the other.")
 
 
 def _gold_split(rm, gold_file: Path) -> dict | None:
@@ -336,83 +457,18 @@ def lean_sentence(gaps: dict[str, float], tolerance: float = 10.0) -> str:
                               "without any length bias.)")
 
 
-CARD = """# Arbiter's built-in default reward model
+#: the model card's template (Jinja, rendered in the sandbox: it is text, not code)
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md.jinja")
 
-A small, fast, local reward model for the desktop app and the CLI when no other
-model is chosen: the real **all-MiniLM-L6-v2** encoder (22.7M parameters, Apache-2.0
-weights) as a one-label Bradley-Terry cross-encoder, reading
-`[CLS] conversation [SEP] response [SEP]` with all-zero token types (so its ONNX and
-GGUF files agree with torch), at most 512 tokens.
 
-Files: `gguf/model-q8_0.gguf` (llama.cpp; the engine's default where llama-cpp-python is
-installed) and `onnx/` (int8, the fallback). The GGUF file tracks the trained
-checkpoint more closely (table below): dynamic int8 activation scales are coarse next
-to this small model's score spread.
-It is a small model: use it to triage and compare, not as a judge of record. Its
-numbers below stand beside random, longer-wins and shorter-wins baselines on the same
-items.
+def render_card(**values) -> str:
+    """MODEL_CARD.md from its template; ``values`` are the numbers and tables ``write_card`` computes."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-**Length bias, measured.** GPT-4-judged pairs teach "longer wins"; this recipe counters it
-in training four ways: human-labelled pairs, synthetic pairs whose *longer* answer is the worse
-one (another prompt's longer answer; the answer plus an irrelevant paragraph), equal shares of
-chosen-longer and chosen-shorter pairs in every epoch, and the checkpoint picked on
-*length-balanced* gold accuracy (the mean of the chosen-longer and chosen-shorter accuracies,
-on which "longer wins" scores 0.5). The trained model still paid for length, so its scores are
-**length-controlled**: every score is the model's output minus {beta:.4f} x log(1 + response
-characters), with the slope fitted on {beta_pairs} of its own training pairs (never a benchmark)
-so that reward differences within a pair no longer follow length differences
-(`trainer/bt/length_control.py`). Every runtime applies it alike; in Python,
-`scorer.length_control = False` gives the raw output. Training-time alternatives were measured
-and not adopted (a penalty on the reward's covariance with length, ODIN's length head: both
-stopped the model learning; see the README). Read the adversarial rows (LLMBar
-Adversarial, RM-Bench hard) and the length-bias lines below before trusting it.
-{bias_note}
-
-## Reproduce
-
-`make default-model` (needs `../shared/data`; {minutes} min on 2 CPU cores, a GPU does it in
-minutes). The recipe is `app/recipes/default_model.py`; settings: `{config}`.
-
-## Data and licences
-
-| part | pairs |
-|---|---|
-{mix}
-
-{train_pairs} training pairs, {gold_pairs} human-labelled gold pairs held out to pick the checkpoint
-(chosen-longer share: {longer}).
-
-- PandaLM test set (Apache-2.0; majority of 3 human annotators, ties dropped).
-- OASST rank pairs (Apache-2.0).
-- Anthropic hh-rlhf harmless-base test split (MIT).
-- AlpacaEval GPT-4 preference set (**CC BY-NC 4.0: non-commercial use only**; this
-  model inherits that restriction), length-balanced: as many chosen-shorter as
-  chosen-longer pairs, against the "longer wins" bias of GPT-4 judgments.
-- Synthetic pairs built from the pairs above (`trainer/data/negatives.py`,
-  `label_origin: synthetic`): same licences as their sources.
-- Not used for training: Auto-J (no licence stated; evaluation only).
-- Every training pair passed hygiene (empty, identical, duplicate responses) and 13-gram
-  decontamination against the prompts of JudgeBench, RM-Bench, LLMBar, RMB, MT-Bench
-  and the gold set.
-
-## Parity of the shipped files (probe set, vs the torch checkpoint)
-
-| file | max abs diff | same winner |
-|---|---|---|
-{verify}
-
-## Training
-
-```
-{training}
-```
-
-## Results on the shared benchmarks (`--model default`: GGUF q8_0, as users run it)
-
-Inputs over 512 tokens cannot be scored by this model and are counted as skipped.
-
-{results}
-"""
+    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=StrictUndefined,
+                                        autoescape=False)
+    return env.from_string(CARD_TEMPLATE.read_text(encoding="utf-8")).render(**values)
 
 
 if __name__ == "__main__":

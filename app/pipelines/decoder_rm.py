@@ -14,7 +14,7 @@ the LM head a reward model never uses), against the GPU's dense bf16 peak
 (H100 SXM: 989 TFLOP/s). Attention's own FLOPs are left out, so MFU is understated
 slightly for long sequences.
 
-Run (GPU machine): ``python -m app.recipes.decoder_rm --base SmolLM2.gguf --data build/default-model
+Run (GPU machine): ``python -m app.pipelines.decoder_rm --base SmolLM2.gguf --data build/default-model
 --bench-root ../shared/data --out runs/smollm2``.
 """
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res = train(args.base, read_pairs(args.data / "train.jsonl"), read_pairs(args.data / "gold.jsonl"),
-                args.out / "run", cfg, notes={"recipe": "app/recipes/decoder_rm.py"})
+                args.out / "run", cfg, notes={"recipe": "app/pipelines/decoder_rm.py"})
     wall = time.time() - t0
     rows = RunLog(Store.default(), res.run_id).rows("train")
     tok_s = sorted(r["tokens_per_s"] for r in rows if r["tokens_per_s"])
