@@ -89,7 +89,8 @@ def _measured_order(root: Path) -> tuple[list[str], str]:
 
     try:
         rec = json.loads((root / RUNTIME_FILE).read_text(encoding="utf-8"))
-        order = [f for f in rec["order"] if f in _DEFAULT_COPIES]
+        seconds = {f: float(t) for f, t in rec["seconds"].items() if f in _DEFAULT_COPIES}
+        order = sorted(seconds, key=seconds.__getitem__)
         return order + [f for f in _DEFAULT_COPIES if f not in order], str(rec["why"])
     except (OSError, ValueError, KeyError, TypeError):
         return list(_DEFAULT_COPIES), "no runtime measurement shipped; ONNX first"
@@ -101,8 +102,8 @@ def default_choice(format: Format | None = None) -> DefaultChoice | None:
     runtime is installed. None when the package ships no default model.
 
     Measured, not habit: the GGUF copy was the default, but llama.cpp's CPU kernels are the
-    slow path for this small encoder (issue 13: RM-Bench, 1,716 items, 283 s GGUF q8_0, 46 s ONNX
-    int8, same accuracy).
+    slow path for this small encoder (runtime.json, 2026-12-01: 1,716 RM-Bench responses, 134 s
+    GGUF q8_0, 60 s ONNX int8, accuracy within a point).
     """
     import importlib.util
 
@@ -116,15 +117,14 @@ def default_choice(format: Format | None = None) -> DefaultChoice | None:
                              f"{', '.join(sorted(copies))} (--format {' or '.join(sorted(copies))})")
         return DefaultChoice(copies[format], format, f"--format {format} asked for it")
     order, why = _measured_order(root)
-    for fmt in order:
-        if fmt in copies and importlib.util.find_spec(_DEFAULT_COPIES[fmt][1]) is not None:
-            first = next(f for f in order if f in copies)
-            if fmt == first:
-                return DefaultChoice(copies[fmt], fmt, why)  # type: ignore[arg-type]
-            return DefaultChoice(copies[fmt], fmt,  # type: ignore[arg-type]
-                                 f"{first} would be faster ({why}), but its runtime is not installed")
-    fmt = next(f for f in order if f in copies)
-    return DefaultChoice(copies[fmt], fmt, "no runtime for any copy is installed")  # type: ignore[arg-type]
+    ranked = [f for f in order if f in copies]
+    for fmt in ranked:
+        if importlib.util.find_spec(_DEFAULT_COPIES[fmt][1]) is not None:
+            reason = why if fmt == ranked[0] else (f"{ranked[0]} would be faster ({why}), but its "
+                                                  "runtime is not installed")
+            return DefaultChoice(copies[fmt], fmt, reason)  # type: ignore[arg-type]
+    return DefaultChoice(copies[ranked[0]], ranked[0],  # type: ignore[arg-type]
+                         "no runtime for any copy is installed")
 
 
 def default_model_path(format: Format | None = None) -> Path | None:

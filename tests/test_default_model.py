@@ -35,9 +35,11 @@ PINNED = [
 def test_default_opens_the_fastest_measured_copy():
     """`--model default` is the copy the pipeline measured fastest (runtime.json), not a habit."""
     rec = json.loads((BUILTIN / RUNTIME_FILE).read_text())
-    assert set(rec["order"]) == {"onnx", "gguf"} and rec["seconds"][rec["order"][0]] < rec["seconds"][rec["order"][1]]
+    # the shipped record's own figures decide (no timing here): the copy with fewer seconds opens
+    assert set(rec["seconds"]) == {"onnx", "gguf"}
     choice = default_choice()
-    assert choice.format == rec["order"][0] and choice.reason == rec["why"]
+    assert choice.format == min(rec["seconds"], key=rec["seconds"].__getitem__)
+    assert choice.reason == rec["why"]
     with engine.load("default") as rm:
         assert rm.info.format == choice.format
     for fmt, dtype in (("gguf", "q8_0"), ("onnx", "int8")):

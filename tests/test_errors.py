@@ -69,7 +69,7 @@ def test_malformed_jsonl_names_file_line_and_field(tmp_path, line, field, messag
 def test_requested_gpu_falls_back_loudly(onnx_models):
     import onnxruntime as ort
 
-    from engine.backends.onnx import ProviderFallbackWarning
+    from engine.errors import ProviderFallbackWarning
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA: there is no fallback to observe")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QByteArray, QSettings, Qt
+from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -34,9 +34,8 @@ from engine import registry
 from engine.paths import data_dir
 from engine.types import ranking_from_scores
 
-#: navigation: (label, enabled); the last two are the views that come next
-PAGES = [("Compare", True), ("Best-of-N", True), ("History", True), ("Models", True),
-         ("Moderate — coming next", False), ("Annotate — coming next", False)]
+#: navigation, in the stack's order (Moderate and Annotate join when they exist: no placeholders)
+PAGES = ["Compare", "Best-of-N", "History", "Models"]
 
 
 def settings() -> QSettings:
@@ -64,16 +63,12 @@ class MainWindow(QMainWindow):
         for view in (self.compare, self.best_of_n, self.history, self.models):
             self.stack.addWidget(view)
         self.nav = QListWidget()
-        for label, enabled in PAGES:
-            item = QListWidgetItem(label)
-            if not enabled:
-                item.setFlags(Qt.ItemFlag.NoItemFlags)
-                item.setToolTip("Coming in the next release")
-            self.nav.addItem(item)
+        for label in PAGES:
+            self.nav.addItem(QListWidgetItem(label))
         self.nav.currentRowChanged.connect(self._navigate)
         self.nav.setStyleSheet("QListWidget { padding: 4px; } QListWidget::item { padding: 6px 8px; }")
         self.nav.setFrameShape(QListWidget.Shape.NoFrame)
-        self.nav.setFixedWidth(self.nav.fontMetrics().horizontalAdvance("Annotate — coming next") + 40)
+        self.nav.setFixedWidth(max(self.nav.fontMetrics().horizontalAdvance(p) for p in PAGES) + 120)
 
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("The model every view scores with")
@@ -145,7 +140,7 @@ class MainWindow(QMainWindow):
                 self.history.refresh()
 
     def show_page(self, name: str) -> None:
-        self.nav.setCurrentRow([label for label, _ in PAGES].index(name))
+        self.nav.setCurrentRow(PAGES.index(name))
 
     # ---- the model ---------------------------------------------------------------------------
     def _fill_model_combo(self) -> None:

@@ -244,7 +244,7 @@ def measure_runtimes(data: Path, *, limit: int | None = None, repeat: int = 2, t
     why = (f"fastest measured: RM-Bench ({items[fast]} responses, {threads} threads) took "
            f"{best[fast]:.0f} s as {fast} and {best[slow]:.0f} s as {slow} ({best[slow] / best[fast]:.1f}x), "
            f"accuracy {', '.join(f'{k} {v}' for k, v in acc.items())}")
-    record = {"order": order, "why": why, "seconds": {k: round(v, 1) for k, v in best.items()},
+    record = {"why": why, "seconds": {k: round(v, 1) for k, v in best.items()},
               "accuracy": acc, "responses": items, "threads": threads, "limit": limit,
               "measured": time.strftime("%Y-%m-%d"),
               "command": "python -m app.pipelines.default_model --runtime-only"
@@ -418,8 +418,9 @@ def _runtime_line() -> str:
     if not path.is_file():
         return "No runtime measurement is shipped: the engine opens the ONNX copy first."
     rec = json.loads(path.read_text())
-    return (f"`--model default` opens the **{rec['order'][0]}** copy: {rec['why']} "
-            f"(`{rec['command']}`, {rec['measured']}). `--format {rec['order'][-1]}` opens the other.")
+    order = sorted(rec["seconds"], key=rec["seconds"].__getitem__)
+    return (f"`--model default` opens the **{order[0]}** copy: {rec['why']} "
+            f"(`{rec['command']}`, {rec['measured']}). `--format {order[-1]}` opens the other.")
 
 
 def _gold_split(rm, gold_file: Path) -> dict | None:

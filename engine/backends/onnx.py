@@ -31,7 +31,7 @@ from engine.devices import (
     warn_fallback,
 )
 from engine.encoding import Encoder, TokenizerFiles
-from engine.errors import ModelError, ProviderFallbackWarning  # noqa: F401 - its old home, still imported
+from engine.errors import ModelError
 from engine.files import folder_files
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, architecture_of, read_meta
 from engine.scorer import Batch, Scorer
