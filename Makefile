@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test install lint bench clean default-model fuzz crash-test
+.PHONY: run test install lint bench clean default-model fuzz crash-test bundle bundle-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,21 @@ crash-test: install
 bench: install
 	$(PY) bench/throughput.py
 	$(PY) bench/bon.py
+	$(PY) bench/serve.py
 
 # Rebuild the built-in default model (needs ../shared/data; about an hour on 2 CPU cores)
 default-model: install
 	$(PY) -m app.pipelines.default_model
+
+# The desktop bundle dist/arbiter/ (packaging/): PyInstaller from build/bundle-venv, whose
+# llama.cpp is compiled portable (no AVX-512/AMX; ~6 min the first time, then reused)
+bundle:
+	$(PYTHON) packaging/build.py
+
+# frozen CLI scores == the bundle venv's (GGUF and ONNX default), frozen GUI screenshot,
+# size and start-up (figures in build/bundle-report.json)
+bundle-test: install bundle
+	ARBITER_BUNDLE=$(CURDIR)/dist/arbiter $(PY) -m pytest -q -s -m bundle tests/test_bundle.py
 
 clean:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from engine.errors import InputTooLongError, ModelError
+from engine.errors import InputError, InputTooLongError, ModelError
 from engine.modelmeta import meta_field_error, read_config, read_json_object
 from engine.templates import ChatTemplate, conversation_as_text
 from engine.types import Item, Message
@@ -173,6 +173,16 @@ class TextTokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (``"\\ud800"``, from a broken JSON escape or a
+    cut UTF-16 string) is bad input, not a crash in the tokenizer."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"not valid Unicode: a lone surrogate {text[e.start]!r} at character "
+                         f"{e.start}; no tokenizer can read it") from None
+
+
 class HFTextTokenizer:
     """A ``tokenizer.json`` through Hugging Face ``tokenizers`` (ONNX and torch backends)."""
 
@@ -181,6 +191,8 @@ class HFTextTokenizer:
         self.path = path
 
     def ids(self, text: str, add_special: bool) -> list[int]:
+        if not text.isascii():
+            utf8(text)  # a lone surrogate: a clear InputError, not the tokenizer's TypeError
         return self.tokenizer.encode(text, add_special_tokens=add_special).ids
 
     def token_to_id(self, token: str) -> int | None:

@@ -109,6 +109,10 @@ class Score:
     cut_tokens: int = 0
     #: why the item was not scored (value is NaN); only with ``on_too_long="skip"``
     skipped: str | None = None
+    #: the model has a length correction that was not applied, because the response's extent
+    #: was unknown (``Scorer.score_texts`` without a prompt that prefixes the text): ``value`` is
+    #: the raw output, not comparable with length-controlled scores of the same model
+    uncorrected: bool = False
 
     def __float__(self) -> float:
         return self.value

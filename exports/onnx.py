@@ -416,3 +416,27 @@ def _int8_folder(fp32: Path, dst: Path, meta: dict, calibration: Iterable[Item],
     write_meta(dst, {**meta, "dtype": "int8", "activation_quant": activations, "kept_float": kept,
                      "prefix": prefix, "calibration_items": len(items)})
     return dst
+
+
+def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), prefix: bool = True) -> Path:
+    """The static int8 twin of the fp32 export folder ``fp32``, written to the new folder ``dst``.
+
+    The same int8 that ``export_onnx(..., quant="int8")`` makes, for a folder that was
+    exported as fp32 earlier (the edge export makes int8 from it). ``prefix=False`` leaves
+    the prefix model out (an edge folder ships only the classifier graph).
+    """
+    fp32, dst = Path(fp32), Path(dst)
+    meta = read_meta(fp32)
+    if str(meta.get("dtype", "fp32")) != "fp32":
+        raise ModelError(f"{fp32}: is a {meta.get('dtype')} export; int8 is made from an fp32 one")
+    if not prefix:
+        meta = {**meta, "prefix_model": None, "prefix": None}
+    if dst.exists() and any(dst.iterdir()):
+        raise ModelError(f"{dst}: exists and is not empty; choose a new folder")
+    with tempfile.TemporaryDirectory(prefix="arbiter-int8-") as tmp:
+        built = _int8_folder(fp32, Path(tmp) / "int8", meta, calibration, STATIC)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            dst.rmdir()
+        shutil.move(str(built), dst)
+    return dst

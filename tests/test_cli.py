@@ -315,3 +315,19 @@ def test_a_local_server_may_use_loopback_by_marker():
             client.sendall(b"ok")
             assert conn.recv(2) == b"ok"
             conn.close()
+
+
+def test_version_outside_the_bundle_and_a_missing_optional_package(tmp_path, capsys, monkeypatch):
+    """`--version` prints the version; a command whose optional package is missing (here
+    `export`, with `exports` made unimportable by a None entry in sys.modules) is exit code
+    2 and one line, never a traceback (the desktop bundle leaves such packages out)."""
+    from app.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("arbiter 0.1.0")
+    monkeypatch.setitem(sys.modules, "exports.onnx", None)
+    assert main(["export", str(tmp_path), str(tmp_path / "out"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arbiter: error: `arbiter export` needs the Python package 'exports.onnx'")

@@ -150,8 +150,31 @@ TRAIN = CrashJob(
                             *[x for k, v in TRAIN_SETTINGS.items() for x in ("--set", f"{k}={v}")]],
     _train_outputs, _train_complete)
 
+def _moderate_prepare(work: Path, ctx: dict) -> None:
+    (work / "texts.jsonl").write_text("".join(
+        json.dumps({"id": f"t{i}", "text": f"Reply {i}: " + "more words here " * (i % 11)}) + "\n"
+        for i in range(300)))
+
+
+def _moderate_complete(out: Path) -> bool:
+    f = out / "moderated.jsonl"
+    if not f.exists():
+        return False
+    lines = f.read_text().splitlines()
+    assert len(lines) == 300 and all(json.loads(x)["id"] == f"t{i}" for i, x in enumerate(lines)), "half a file"
+    return True
+
+
+MODERATE = CrashJob(
+    "moderate", _moderate_prepare,
+    lambda work, out, ctx: ["moderate", str(work / "texts.jsonl"), "-m", ctx["model"], "--out",
+                            str(out / "moderated.jsonl"), "--id-field", "id", "--batch-rows", "8",
+                            "--threads", "1"],
+    lambda out: {"moderated.jsonl": (out / "moderated.jsonl").read_bytes()},
+    _moderate_complete)
+
 #: every long job the crash suite covers; a new one (moderate, curate) is one more entry
-JOBS = [SCORE, EVAL, TRAIN]
+JOBS = [SCORE, EVAL, TRAIN, MODERATE]
 
 
 # ---- the harness --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -94,3 +95,14 @@ def test_the_writer_refuses_nan_and_a_failed_write_keeps_the_old_file(tmp_path):
         f.write("half")
         raise RuntimeError("the run failed midway")
     assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "gguf"])
+def test_a_lone_surrogate_is_bad_input_not_a_tokenizer_crash(fmt):
+    """Python callers and the server pass str objects that JSON readers never made (``"\\ud800"``):
+    both tokenizers (HF's raised TypeError, llama.cpp's path UnicodeEncodeError) now give an InputError."""
+    rm = engine.load("default", format=fmt)
+    for item in [("hi", "a\ud800b"), ("\udfff", "fine")]:
+        with pytest.raises(InputError, match="lone surrogate"):
+            rm.score([item])
+    assert math.isfinite(rm.score([("hi", "héllo ✓")])[0].value)  # real non-ASCII text still scores

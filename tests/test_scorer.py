@@ -136,3 +136,25 @@ def test_a_backend_without_the_hook_scores_in_full(hf_models):
         want = [s.value for s in rm.score([Item.of("Name a prime.", c) for c in ("7", "8")])]
     assert r.prompt_shared is False
     assert [c.score.value for c in sorted(r.candidates, key=lambda c: c.index)] == pytest.approx(want, abs=1e-6)
+
+
+def test_length_batches_cap_rows_tokens_and_spread():
+    from engine.scorer import length_batches
+
+    lengths = [10, 500, 12, 11, 300, 13, 100, 400, 9]
+    batches = list(length_batches(lengths, batch_size=3, batch_tokens=1024, max_ratio=1.25))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each row once
+    assert [[lengths[i] for i in b] for b in batches] == [[9, 10, 11], [12, 13], [100], [300], [400, 500]]
+    for b in batches:  # no batch over the caps, unless one row alone exceeds them
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * longest <= 1024)
+        assert longest <= 1.25 * min(lengths[i] for i in b)
+    assert [len(b) for b in length_batches([50] * 40, 32, 1024)] == [20, 20]  # 20 x 50 = 1000 tokens
+    assert [len(b) for b in length_batches([50] * 40, 16, None)] == [16, 16, 8]
+
+
+def test_scores_do_not_depend_on_the_token_cap(rm):
+    items = [("Hi", "a " * n) for n in (1, 40, 3, 120, 7, 60)]
+    capped = [s.value for s in rm.score(items)]
+    rm.batch_tokens = None
+    assert [s.value for s in rm.score(items)] == pytest.approx(capped, abs=1e-5)

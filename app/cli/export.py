@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from app.cli.common import add_json, emit
 
@@ -10,12 +11,18 @@ from app.cli.common import add_json, emit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="HF reward model -> ONNX (fp32, int8) or GGUF (f32, f16, q8_0, q4_k_m)")
     add_json(p)
-    p.add_argument("src", help="Hugging Face folder of a *ForSequenceClassification reward model")
+    p.add_argument("src", help="Hugging Face folder of a *ForSequenceClassification reward model "
+                                "(--edge: also an Arbiter ONNX folder, or default)")
     p.add_argument("out", help="new folder for the exported model")
-    p.add_argument("--format", choices=["onnx", "gguf"], required=True)
+    p.add_argument("--format", choices=["onnx", "gguf"], help="required unless --edge")
     p.add_argument("--quant", default=None,
                    help="onnx: fp32 (default) or int8; gguf: comma-separated f32,f16,q8_0,q4_k_m "
-                        "(default f16), one file each")
+                        "(default f16), one file each; --edge: fp32 (fp32 only) or int8 (int8 as "
+                        "well, made from an fp32 ONNX folder); default: what the source has (a "
+                        "checkpoint: both)")
+    p.add_argument("--edge", action="store_true",
+                   help="a self-contained ONNX folder with Python and Node runners (SRC: an HF "
+                        "checkpoint, an ONNX export, or default)")
     p.add_argument("--verify", action="store_true", help="run `arbiter verify` against SRC afterwards")
     p.set_defaults(func=cmd_export)
 
@@ -27,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.edge:
+        return cmd_export_edge(args)
+    if args.format is None:
+        from engine.errors import InputError
+
+        raise InputError("give --format onnx or --format gguf (or --edge for an edge folder)")
     if args.format == "gguf":
         from exports.gguf import export_gguf
 
@@ -48,6 +61,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         rc = 0 if all(r.passed for r in reports) else 1
     emit(args, data, human)
     return rc
+
+
+def cmd_export_edge(args: argparse.Namespace) -> int:
+    """`export --edge`: ONNX files, runners, golden scores and a manifest (exports/edge.py)."""
+    from engine.errors import InputError
+    from exports.edge import export_edge
+
+    if args.format == "gguf" or args.verify:
+        raise InputError("--edge makes ONNX files and checks them itself (golden.jsonl, runner.py "
+                         "--check); drop --format gguf / --verify")
+    out = export_edge(args.src, args.out, quant=args.quant)
+    files = json.loads((out / "arbiter.json").read_text(encoding="utf-8"))["files"]
+    shipped = [f for f in files.values() if f]
+    emit(args, {"outputs": [str(out)], "format": "edge", "files": files},
+         f"exported {args.src} -> {out} (edge: {', '.join(shipped)}); check it with "
+         f"`python {out / 'runner.py'} --check`")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

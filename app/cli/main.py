@@ -10,18 +10,35 @@ import sys
 import threading
 from pathlib import Path
 
-from app.cli import evaluate, export, models, scoring, train
+from app.cli import evaluate, export, models, moderate, scoring, serve, train
+
+
+class _VersionAction(argparse.Action):
+    """``--version``; the text is computed only when asked (the bundle reads its BUILD_INFO.json)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from app.cli.version import version_text
+
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arbiter", description="Score responses with reward models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show runtime logs")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version (in the desktop bundle: the CPU it needs) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     scoring.register(sub)
     models.register(sub)
     export.register(sub)
     train.register(sub)
     evaluate.register(sub)
+    serve.register(sub)
+    moderate.register(sub)
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("--model", "-m", default=None,
                    help="registered name, path, or 'default' (default: the last model used, "
@@ -72,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.DatabaseError as e:
         print(f"arbiter: error: {_store_message(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _OPTIONAL_PACKAGES:
+            raise
+        print(f"arbiter: error: {_missing_package_message(args.command, e.name or '')}", file=sys.stderr)
+        return 2
     except Terminated:
         print("arbiter: terminated", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a killed job
@@ -81,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if handle_term:  # main() called in-process (tests) gives the caller its handler back
             signal.signal(signal.SIGTERM, previous)
+
+
+# what an install may lack by design: extras (pip install arbiter[...]), and in the desktop
+# bundle the training and export side (packaging/arbiter.spec keeps them out)
+_OPTIONAL_PACKAGES = {"torch", "transformers", "accelerate", "optimum", "onnx", "onnx_ir",
+                      "safetensors", "convert_hf_to_gguf", "gguf", "matplotlib", "pyarrow",
+                      "onnxruntime", "tokenizers", "llama_cpp", "PySide6", "exports", "trainer",
+                      "fastapi", "uvicorn", "prometheus_client"}
+
+
+def _missing_package_message(command: str, name: str) -> str:
+    """A command that needs a package this install does not have: say so, not a traceback."""
+    if getattr(sys, "frozen", False):
+        return (f"`arbiter {command}` needs {name}, which the desktop bundle leaves out (it scores, "
+                "compares and ranks; training, export and HF/torch models need the Python "
+                "install: pip install 'arbiter[all]')")
+    return f"`arbiter {command}` needs the Python package {name!r}, which is not installed: pip install 'arbiter[all]'"
 
 
 def _store_message(e: sqlite3.DatabaseError) -> str:

@@ -22,6 +22,8 @@ from app.gui.widgets import read_only_table, score_font
 
 
 def summary(r: Record) -> str:
+    if r.kind == "moderate":
+        return f"{r.result.get('input', '')} (text field {r.result.get('text_field', '')})"
     prompt = next((m["content"] for m in reversed(r.conversation) if m["role"] == "user"), "")
     return " ".join(prompt.split())[:120]
 
@@ -29,6 +31,8 @@ def summary(r: Record) -> str:
 def scores_text(r: Record) -> str:
     if r.kind == "compare":
         return f"A {r.scores[0]:+.3f}  B {r.scores[1]:+.3f}"
+    if r.kind == "moderate":
+        return f"{r.result.get('flagged', 0)} flagged of {r.result.get('rows', 0)}"
     best = r.result.get("best_index", 0)
     return f"best #{best} {r.scores[best]:+.3f} of {len(r.scores)}"
 
@@ -73,7 +77,7 @@ class HistoryView(QWidget):
         self.table.setRowCount(len(self.records))
         mono = score_font()
         for row, r in enumerate(self.records):
-            kind = "Compare" if r.kind == "compare" else f"Best-of-{len(r.responses)}"
+            kind = {"compare": "Compare", "moderate": "Moderate"}.get(r.kind, f"Best-of-{len(r.responses)}")
             cells = [r.created.replace("T", " ")[:19], kind, f"{r.model} ({r.format} {r.dtype})",
                      scores_text(r), summary(r)]
             for col, text in enumerate(cells):

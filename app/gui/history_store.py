@@ -29,7 +29,7 @@ COLUMNS = {"id": int, "kind": str, "created": str, "model": str, "format": str, 
 @dataclass(frozen=True)
 class Record:
     id: int
-    kind: str  # "compare" or "best_of_n"
+    kind: str  # "compare", "best_of_n" or "moderate"
     created: str  # ISO 8601, UTC
     model: str
     format: str
@@ -81,6 +81,12 @@ class HistoryStore:
         for c in r.candidates:
             scores[c.index] = c.score.value
         return self._add("best_of_n", info, conv, candidates, scores, r.to_dict())
+
+    def add_moderation(self, info: engine.ModelInfo, job: dict[str, Any]) -> int:
+        """A moderation job: ``job`` holds what reopens it (input, fields, thresholds, the
+        output file and M1's job id in ``moderation.db``); its rows stay in the output file."""
+        return self._add("moderate", info, [], [str(job.get("input", ""))],
+                         [float(job.get("flagged", 0))], job)  # one "score": the flagged count
 
     def search(self, text: str = "", limit: int = 500) -> list[Record]:
         """Newest first; ``text`` matches the model name, the conversation and the responses."""

@@ -25,6 +25,7 @@ from app.gui.context import AppContext
 from app.gui.history import HistoryView
 from app.gui.history_store import HistoryStore, Record
 from app.gui.models_view import ModelsView
+from app.gui.moderate_view import ModerateView
 from app.gui.state.best_of_n import RankResult
 from app.gui.state.compare import CompareResult
 from app.gui.state.session import ModelSession
@@ -34,8 +35,8 @@ from engine import registry
 from engine.paths import data_dir
 from engine.types import ranking_from_scores
 
-#: navigation, in the stack's order (Moderate and Annotate join when they exist: no placeholders)
-PAGES = ["Compare", "Best-of-N", "History", "Models"]
+#: navigation, in the stack's order (Annotate joins when it exists: no placeholders)
+PAGES = ["Compare", "Best-of-N", "Moderate", "History", "Models"]
 
 
 def settings() -> QSettings:
@@ -57,10 +58,11 @@ class MainWindow(QMainWindow):
 
         self.compare = CompareView(self.ctx)
         self.best_of_n = BestOfNView(self.ctx)
+        self.moderate = ModerateView(self.ctx)
         self.history = HistoryView(self.ctx)
         self.models = ModelsView(self.ctx)
         self.stack = QStackedWidget()
-        for view in (self.compare, self.best_of_n, self.history, self.models):
+        for view in (self.compare, self.best_of_n, self.moderate, self.history, self.models):
             self.stack.addWidget(view)
         self.nav = QListWidget()
         for label in PAGES:
@@ -220,6 +222,10 @@ class MainWindow(QMainWindow):
     # ---- history -------------------------------------------------------------------------------
     def reopen(self, r: Record) -> None:
         """Put a history row back into its view, inputs and result, as it was scored."""
+        if r.kind == "moderate":
+            self.show_page("Moderate")
+            self.moderate.reopen(r.result)
+            return
         info = engine.ModelInfo(r.model, r.format, architecture="", pooling="", max_length=0,
                                 chat_template=None, dtype=r.dtype, provider="")
         shared = bool(r.result.get("prompt_shared"))
@@ -242,6 +248,7 @@ class MainWindow(QMainWindow):
         """Stop the job, save settings, free the model and the database. Safe to call twice."""
         self.runner.cancel()
         self.runner.wait()
+        self.models.server.stop_and_wait()  # "Serve this model": its child process ends with the app
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("page", self.stack.currentIndex())
         self.settings.sync()

@@ -1,10 +1,13 @@
-"""Models view: every registered model, its details, add/remove, device and threads."""
+"""Models view: every registered model, its details, add/remove, device and threads, and
+"Serve this model" (`arbiter serve` in a child process, its URL shown)."""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QObject, QProcess, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -45,6 +48,90 @@ def human_size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
+_LISTENING = re.compile(r"arbiter serve: listening on (http://\S+)")
+#: how long a stopping server gets to finish its in-flight requests before it is killed, ms
+STOP_GRACE_MS = 10_000
+
+
+def serve_command() -> list[str]:
+    """How to run `arbiter serve` from here: this Python, or the bundle's CLI beside the app."""
+    if getattr(sys, "frozen", False):
+        cli = Path(sys.executable).with_name("arbiter" + (".exe" if sys.platform == "win32" else ""))
+        return [str(cli), "serve"]
+    return [sys.executable, "-m", "app.cli.main", "serve"]
+
+
+class ModelServer(QObject):
+    """One `arbiter serve` child process. A QProcess is asynchronous: starting, reading its
+    output and stopping never block the GUI thread, and the model loads in the child, not here.
+
+    ``state`` is ``"stopped"``, ``"starting"`` (until the server prints the address it bound)
+    or ``"running"``; ``url`` is set while running. Stop sends SIGTERM (in-flight requests
+    finish), then kills after :data:`STOP_GRACE_MS`.
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.proc: QProcess | None = None
+        self.state, self.url, self.model, self.error = "stopped", "", "", ""
+        self.exit_code: int | None = None
+        self._log = ""
+
+    def start(self, model: str, *, device: str = "cpu", threads: int = 0) -> None:
+        if self.proc is not None:
+            return
+        args = [*serve_command()[1:], "--model", model, "--port", "0", "--device", device]
+        if threads:
+            args += ["--threads", str(threads)]
+        proc = QProcess(self)
+        proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        proc.setStandardOutputFile(QProcess.nullDevice())
+        proc.readyReadStandardError.connect(self._read)
+        proc.finished.connect(self._finished)
+        self.proc, self.model, self.url, self.error, self.exit_code, self._log = proc, model, "", "", None, ""
+        self.state = "starting"
+        proc.start(serve_command()[0], args)
+        self.changed.emit()
+
+    def stop(self) -> None:
+        """Ask the server to stop (SIGTERM); it is killed if it has not exited after the grace."""
+        if self.proc is None:
+            return
+        proc = self.proc
+        proc.terminate()
+        QTimer.singleShot(STOP_GRACE_MS, lambda: proc.kill() if self.proc is proc else None)
+
+    def stop_and_wait(self) -> None:
+        """For the app's shutdown: stop, and wait for the exit (bounded by the grace)."""
+        if self.proc is not None:
+            self.proc.terminate()
+            if not self.proc.waitForFinished(STOP_GRACE_MS):
+                self.proc.kill()
+                self.proc.waitForFinished(STOP_GRACE_MS)
+
+    def _read(self) -> None:
+        assert self.proc is not None
+        self._log = (self._log + bytes(self.proc.readAllStandardError()).decode("utf-8", "replace"))[-4000:]
+        if self.state == "starting" and (m := _LISTENING.search(self._log)):
+            self.state, self.url = "running", m.group(1)
+            self.changed.emit()
+
+    def _finished(self, code: int, _status: QProcess.ExitStatus) -> None:
+        if self.proc is not None:
+            self._read()
+        was = self.state
+        self.state, self.url, self.exit_code = "stopped", "", code
+        if was == "starting":  # it never listened: say why (the CLI's own error line)
+            lines = [ln for ln in self._log.splitlines() if ln.strip()]
+            self.error = lines[-1] if lines else f"arbiter serve exited with code {code}"
+        if self.proc is not None:
+            self.proc.deleteLater()
+        self.proc = None
+        self.changed.emit()
+
+
 class ModelsView(QWidget):
     #: the user asked to score with this model (name or path)
     use_requested = Signal(str)
@@ -74,6 +161,14 @@ class ModelsView(QWidget):
         buttons = QHBoxLayout()
         for b in (self.use_button, details, self.remove_button):
             buttons.addWidget(b)
+        self.server = ModelServer(self)
+        self.serve_button = QPushButton("Serve this model")
+        self.serve_button.clicked.connect(self._toggle_serving)
+        self.serve_status = QLabel("")
+        self.serve_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.server.changed.connect(self._server_changed)
+        buttons.addWidget(self.serve_button)
+        buttons.addWidget(self.serve_status)
         buttons.addStretch()
         buttons.addWidget(add_file)
         buttons.addWidget(add_dir)
@@ -140,6 +235,7 @@ class ModelsView(QWidget):
         e = self.selected()
         self.use_button.setEnabled(e is not None)
         self.remove_button.setEnabled(e is not None and not e.builtin)
+        self.serve_button.setEnabled(e is not None or self.server.state != "stopped")
         info = self.ctx.session.info
         if e is not None and info is not None and self.ctx.session.spec == e.name:
             self.show_info(info, e)
@@ -227,6 +323,30 @@ class ModelsView(QWidget):
         if QMessageBox.question(self, "Remove model", f"Delete {e.name} from the models folder?\n{e.path}") \
                 == QMessageBox.StandardButton.Yes:
             self.remove(e.name)
+
+    # ---- serving -----------------------------------------------------------------------------
+    def _toggle_serving(self) -> None:
+        if self.server.state != "stopped":
+            self.server.stop()
+            self.serve_status.setText("stopping…")
+            return
+        e = self.selected()
+        if e is not None:
+            self.server.start(e.name, device=self.ctx.session.device, threads=self.ctx.session.threads)
+
+    def _server_changed(self) -> None:
+        s = self.server
+        self.serve_button.setText("Serve this model" if s.state == "stopped" else "Stop serving")
+        if s.state == "starting":
+            self.serve_status.setText(f"starting {s.model}…")
+        elif s.state == "running":
+            self.serve_status.setText(f"{s.model} at <a href=\"{s.url}/info\">{s.url}</a>")
+            self.serve_status.setOpenExternalLinks(True)
+        else:
+            self.serve_status.setText("")
+            if s.error:
+                self.ctx.notify(f"arbiter serve did not start: {s.error}")
+        self._selected()
 
     def _settings(self) -> None:
         self.ctx.session.device = self.device.currentText()

@@ -63,7 +63,7 @@ from engine.devices import (
     fall_back_to_cpu,
     llama_gpu_backends,
 )
-from engine.encoding import Encoded, Encoder, PairLayout, TokenizerFiles
+from engine.encoding import Encoded, Encoder, PairLayout, TokenizerFiles, utf8
 from engine.errors import ModelError
 from engine.files import file_info
 from engine.gguf_file import GgufHeader, read_model_header, reward_head
@@ -134,7 +134,7 @@ class LlamaTextTokenizer:
         self.sep = ll.llama_vocab_sep(vocab)
 
     def ids(self, text: str, add_special: bool) -> list[int]:
-        raw = text.encode("utf-8")
+        raw = utf8(text)
         n = len(raw) + 8
         while True:
             buf = (self.llama.llama_token * n)()

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from engine.errors import InputError
 from engine.jsonl import parse_json, read_json_or_jsonl
+from engine.tabular import read_parquet
 from engine.types import Conversation, Message, conversation
 
 #: who decided: people, an LLM judge, a reward model, or a rule (synthetic negatives)
@@ -133,22 +134,8 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def iter_parquet(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based row, row dict), one record batch in memory at a time; a file pyarrow
-    cannot read is an InputError naming it (and the row it stopped at)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    n = 0
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-        for batch in batches:
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
-    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as e:
-        # pyarrow's readers raise these on corrupt files (ArrowInvalid, OSError, ...)
-        raise InputError(f"not a readable parquet file ({type(e).__name__}: {str(e)[:200]})",
-                         source=str(path), line=n + 1 if n else None) from None
+    """(1-based row, row dict), one record batch at a time: the engine's one Parquet reader."""
+    return read_parquet(path, batch_rows)
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
