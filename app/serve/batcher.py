@@ -212,10 +212,29 @@ class Batcher:
             else:
                 _settle(w, r, None)
 
+    def _shares(self, w: Work) -> bool:
+        """Whether ranking ``w`` alone could compute its conversation once (else it is merged)."""
+        rm = self.scorer
+        return (w.shared_prompt is not False and rm.prompt_sharing and rm.encoder.kind == "chat"
+                and (w.shared_prompt or rm.share_prompt_by_default))
+
     def _score(self, group: list[Work]) -> list[Scored | Exception]:
         kind = group[0].kind
         if kind == "candidates":
-            return [self._rank(w) for w in group]
+            # a model that cannot share the prompt (a cross-encoder, dynamic int8) gains nothing
+            # from ranking alone: its candidates are merged with the other requests' as items
+            merged = [w for w in group if not self._shares(w)]
+            flat = self.scorer.score([Item(w.conversation, r) for w in merged for r in w.responses],
+                                     batch_size=self.batch_size, on_too_long="skip") if merged else []
+            out: list[Scored | Exception] = []
+            start = 0
+            for w in group:
+                if self._shares(w):
+                    out.append(self._rank(w))
+                else:
+                    out.append(_checked(flat[start:start + w.size]))
+                    start += w.size
+            return out
         if kind == "items":
             flat = self.scorer.score([it for w in group for it in w.items], batch_size=self.batch_size,
                                      on_too_long="skip")
