@@ -124,7 +124,7 @@ def decoder_part(args: argparse.Namespace) -> None:
             smollm2_reward_model(hf_dir)
         q8 = work / "gguf" / "model-q8_0.gguf"
         if not q8.is_file():
-            q8 = export_gguf(hf_dir, work / "gguf-tp", quants=("q8_0",))[0]
+            q8 = export_gguf(hf_dir, work / "gguf", quants=("q8_0",))[0]
         rm = engine.load(q8, threads=args.threads, device="cpu", max_length=args.max_length)
         items, source = load_pairs(args.decoder_pairs, lambda p, r: True)
         eng_items = []
