@@ -240,19 +240,9 @@ def _slug(name: str) -> str:
 
 def write_plots(methods: Sequence[Method], labels: Mapping[str, Sequence[bool]], out_dir: Path) -> list[Path]:
     """Per target: PR and ROC curves of every method, and the model's score histogram by label."""
-    import matplotlib
+    from trainer.eval.report import png_writer  # matplotlib, imported only when plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        path = out_dir / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+    plt, save, written = png_writer(out_dir)
 
     for target, ys in labels.items():
         slug = _slug(target)

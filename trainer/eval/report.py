@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,9 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "bench"
 
 
-def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """PNG plots per benchmark: Best-of-K curves, per-category bars, score histograms."""
+def png_writer(out_dir: Path) -> tuple[Any, Callable[[Any, str], None], list[Path]]:
+    """pyplot on the Agg backend (no display), and ``save(fig, name)`` that writes a PNG into
+    ``out_dir``, closes the figure and records the path in the returned list."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +107,13 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
+
+    return plt, save, written
+
+
+def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """PNG plots per benchmark: Best-of-K curves, per-category bars, score histograms."""
+    plt, save, written = png_writer(out_dir)
 
     for b in result["benchmarks"]:
         slug = _slug(b["name"])
