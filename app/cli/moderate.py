@@ -175,23 +175,6 @@ def _readable(loc) -> None:
         raise InputError("no such file", source=str(loc))
 
 
-def _label(value: Any, source: str, line: int, field: str) -> bool:
-    from engine.errors import InputError
-
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _LABELS:
-        return _LABELS[value.strip().lower()]
-    raise InputError(f"a label must be 0/1, true/false or safe/unsafe; got {value!r}", source=source,
-                     line=line, field=field)
-
-
-_LABELS = {"1": True, "0": False, "true": True, "false": False, "unsafe": True, "safe": False,
-           "yes": True, "no": False}
-
-
 def label_fields(args: argparse.Namespace) -> list[str]:
     """The --label-field names (repeated or comma-separated; default label)."""
     return [f for x in (args.label_field or ["label"]) for f in x.split(",") if f]
@@ -202,6 +185,7 @@ def read_labelled(args: argparse.Namespace, loc, fields: list[str], limit: int |
     labelled split; InputError naming file, line and field for a row without text or label."""
     from app.moderate.job import _context
     from app.moderate.scoring import Text
+    from app.moderate.thresholds import parse_label
     from engine.errors import InputError
     from engine.tabular import read_table, text_value
 
@@ -223,7 +207,7 @@ def read_labelled(args: argparse.Namespace, loc, fields: list[str], limit: int |
             raise InputError("no label: the row has none of the label fields", source=str(loc),
                              line=line, field=",".join(fields))
         partial += len(known) < len(fields)
-        labels.append({f: _label(row[f], str(loc), line, f) for f in known})
+        labels.append({f: parse_label(row[f], str(loc), line, f) for f in known})
         ctx = _context(row.get(args.context_field), str(loc), line, args.context_field) \
             if args.context_field else None
         texts.append(Text(text, ctx))

@@ -172,3 +172,19 @@ def calibrated(point: Point, *, metric: str, target: float, model_sha256: str,
     body = json.dumps({"overall": point.threshold, "sha": model_sha256, **meta}, sort_keys=True)
     version = f"cal-{time.strftime('%Y%m%d', time.gmtime())}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
     return Thresholds(version, point.threshold, category_map(), model_sha256, meta)
+
+
+def parse_label(value: Any, source: str, line: int, field: str) -> bool:
+    """A labelled row's verdict (True = unsafe), read the same way by calibrate, report and the view."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABELS:
+        return _LABELS[value.strip().lower()]
+    raise InputError(f"a label must be 0/1, true/false or safe/unsafe; got {value!r}", source=source,
+                     line=line, field=field)
+
+
+_LABELS = {"1": True, "0": False, "true": True, "false": False, "unsafe": True, "safe": False,
+           "yes": True, "no": False}

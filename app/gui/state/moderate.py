@@ -67,7 +67,7 @@ def side_rows(spec: str, fields: Fields) -> tuple[list[str], list[bool | None]]:
     A label is None where the row has none (unknown, not counted); a label that is not 0/1,
     true/false or safe/unsafe is an InputError naming the file, line and field.
     """
-    from app.cli.moderate import _label  # the CLI's calibrate reads labels the same way
+    from app.moderate.thresholds import parse_label  # calibrate and report read labels the same way
 
     loc = parse_location(spec)
     texts: list[str] = []
@@ -80,7 +80,7 @@ def side_rows(spec: str, fields: Fields) -> tuple[list[str], list[bool | None]]:
         texts.append(text[:SNIPPET_CHARS])
         if fields.label:
             v = row.get(fields.label)
-            labels.append(None if v is None or v == "" else _label(v, str(loc), line, fields.label))
+            labels.append(None if v is None or v == "" else parse_label(v, str(loc), line, fields.label))
         else:
             labels.append(None)
     return texts, labels
