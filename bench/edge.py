@@ -95,7 +95,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="arbiter-bench-edge-"))
     sources = edge_sources(args.src, None, tmp / "engine")
-    edge = build_edge(sources, tmp / "stage", tmp / "edge")
+    edge = build_edge(sources, tmp / "edge")
     kind = "int8" if "int8" in sources.folders else "fp32"
     engine_folder = sources.folders[kind]
     with engine.load(engine_folder, format="onnx") as rm:

@@ -69,17 +69,25 @@ def export_edge(src: str | Path, out: Path, *, quant: str | None = None) -> Path
         raise ModelError(f"{out}: exists and is not empty; choose a new folder")
     with tempfile.TemporaryDirectory(prefix="arbiter-edge-") as tmp:
         work = Path(tmp)
-        build_edge(edge_sources(src, quant, work), work / "edge", out)
+        build_edge(edge_sources(src, quant, work), out)
     return out
 
 
-def build_edge(sources: EdgeSources, stage: Path, out: Path) -> Path:
-    """Write the edge folder in ``stage`` (new), then move it to ``out`` (absent or empty)."""
-    _build(sources, stage)
+def build_edge(sources: EdgeSources, out: Path) -> Path:
+    """Write the edge folder in a hidden temp folder beside ``out``, then rename it to ``out``
+    (absent or empty): a killed export never leaves half a folder at ``out``."""
+    from engine.output import temp_name
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    shutil.move(str(stage), out)
+    stage = temp_name(out)
+    try:
+        _build(sources, stage)
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return out
 
 

@@ -28,7 +28,7 @@ def _edge(key: str, src: str | Path, tmp: Path, quant: str | None) -> Path:
     if key not in _BUILT:
         tmp.mkdir(parents=True, exist_ok=True)
         sources = edge_sources(src, quant, tmp / "engine")
-        _BUILT[key] = build_edge(sources, tmp / "stage", tmp / "edge"), sources
+        _BUILT[key] = build_edge(sources, tmp / "edge"), sources
     return _BUILT[key][0]
 
 

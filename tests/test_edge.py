@@ -250,3 +250,21 @@ def test_cli_refuses_what_it_cannot_ship(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["export", "default", str(tmp_path / "b")]) == 2  # neither --format nor --edge
     assert "--format" in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_no_folder_behind(hf_models, tmp_path):
+    """The edge folder is built beside OUT under a hidden temp name and renamed at the end; a
+    build that fails after copying the model (here: the golden rows cannot be scored, the
+    tokenizer is garbage) leaves neither OUT nor the temp folder."""
+    import shutil
+
+    from exports.edge import export_edge
+    from exports.onnx import export_onnx
+
+    src = export_onnx(hf_models["minilm"], tmp_path / "src", prefix=False)
+    (src / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    out = tmp_path / "parent" / "edge"
+    with pytest.raises(engine.ModelError):
+        export_edge(src, out)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    shutil.rmtree(src)
