@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"]),
 TOL = 1e-5  # ONNX fp32 scores, any batch composition
 BETA = 0.5  # a length correction, so the server's corrected path is the one compared
 CLIENTS, REQUESTS = 32, 20
+LONG_ROWS = 2048  # the SIGTERM test's long request
 
 
 @pytest.fixture(scope="module")
@@ -196,47 +197,61 @@ def _metric(text: str, name: str, *labels: str) -> float:
 def test_sigterm_during_load_completes_in_flight_requests(decoder_onnx):
     """Clients keep sending while the server gets SIGTERM: a request sent well before the signal
     (0.2 s: the event loop has read it) is answered in full; one sent later is answered or
-    refused at the connection, never a 5xx or a cut body; the server exits 143."""
-    items = _rows(64)  # 8 clients x 64 rows queued: each request waits about a second
+    refused at the connection, never a 5xx or a cut body; the server exits 143.
+
+    The signal goes out only while some request has been outstanding for 0.3 s, so the test
+    always has an in-flight request to check, however fast the machine: seven clients send
+    64 rows each (about 0.1 s a request here), an eighth sends 2048 (a second or more)."""
+    items = _rows(LONG_ROWS)
     with engine.load(decoder_onnx) as rm:
         texts = [rm.encoder.render(it) for it in items]
         prompts = [rm.encoder.render_prompt(it) for it in items]
-        want = [s.value for s in rm.score_texts(texts, prompts)]
+        want = np.array([s.value for s in rm.score_texts(texts, prompts)])
     import httpx
 
     log: list[tuple[float, float, str]] = []  # (sent, ended, outcome)
+    outstanding: dict[int, float] = {}  # client -> when its current request was sent
     lock = threading.Lock()
     stop = threading.Event()
     bad: list[str] = []
 
-    def client(server) -> None:
+    def client(server, k: int, rows: int) -> None:
         with server.client() as c:
             while not stop.is_set():
                 sent = time.monotonic()
+                with lock:
+                    outstanding[k] = sent
                 try:
-                    resp = c.post("/get_reward", json={"query": texts, "prompts": prompts})
+                    resp = c.post("/get_reward", json={"query": texts[:rows], "prompts": prompts[:rows]})
                 except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
                     outcome = f"closed: {type(e).__name__}"
                 else:
                     if resp.status_code != 200:
                         outcome = f"status {resp.status_code}"
                         bad.append(f"{resp.status_code}: {resp.text[:200]}")
-                    elif np.abs(np.array(resp.json()["rewards"]) - want).max() > TOL:
+                    elif np.abs(np.array(resp.json()["rewards"]) - want[:rows]).max() > TOL:
                         outcome = "wrong"
                         bad.append("wrong scores")
                     else:
                         outcome = "ok"
                 with lock:
+                    del outstanding[k]
                     log.append((sent, time.monotonic(), outcome))
                 if outcome.startswith("closed"):
                     return
 
-    server = start_server(["--model", str(decoder_onnx), "--max-queue", "100000"])
-    threads = [threading.Thread(target=client, args=(server,)) for _ in range(8)]
+    def oldest_age() -> float:
+        with lock:
+            return time.monotonic() - min(outstanding.values(), default=time.monotonic())
+
+    server = start_server(["--model", str(decoder_onnx), "--max-queue", "100000",
+                           "--max-items-per-request", str(LONG_ROWS)])
+    threads = [threading.Thread(target=client, args=(server, k, LONG_ROWS if k == 0 else 64))
+               for k in range(8)]
     for t in threads:
         t.start()
-    while sum(o == "ok" for _, _, o in list(log)) < 16:  # the load is on
-        time.sleep(0.05)
+    while sum(o == "ok" for _, _, o in list(log)) < 16 or oldest_age() < 0.3:  # the load is on
+        time.sleep(0.01)
         assert server.proc.poll() is None, server.stderr()
     term = time.monotonic()
     server.signal()
@@ -247,7 +262,7 @@ def test_sigterm_during_load_completes_in_flight_requests(decoder_onnx):
     assert code == 143, server.stderr()
     assert not bad, bad[:5]
     in_flight = [o for s, e, o in log if s < term - 0.2 and e > term]
-    assert in_flight and all(o == "ok" for o in in_flight), in_flight
+    assert in_flight and all(o == "ok" for o in in_flight), [(s - term, e - term, o) for s, e, o in log]
     assert all(o == "ok" for s, _, o in log if s < term - 0.2)
     assert any(o.startswith("closed") for _, _, o in log)  # new requests were refused
     assert "Traceback" not in server.stderr()
