@@ -14,16 +14,20 @@ another). Three measurements:
    Moderation scores one reference refusal per distinct context (one here) on top, commits
    every 64 rows with their audit rows, then writes the output. Goal (issue 17): >= 0.9x.
 2. **Peak RSS** (the child's ``ru_maxrss`` from ``wait4``) of ``arbiter moderate`` over
-   10k and 100k short rows (HateCheck cases cycled; generated where absent). Memory must be
-   flat: the job holds one batch, the store is SQLite on disk, the output is streamed from
-   it. 1M rows only with ``--million``: at the default RM's ~440 short rows/s on a shared
-   CPU that is about 40 minutes, and 100k already shows whether memory grows with rows.
+   10k and 100k synthetic short rows (HateCheck cases cycled, each with its row number, so
+   no two are alike; generated where absent). Memory must be flat: the job holds one batch,
+   the store is SQLite on disk, the output is streamed from it. 1M rows only with
+   ``--million``: at the default RM's ~440 short rows/s on a quiet 2-core CPU that is about
+   40 minutes. ``--rss-model light`` runs these on a *light* reward model instead (the
+   default's tokenizer and a one-node ONNX graph, built in the temp folder): everything the
+   job holds but the model's own weights, at several times the rows/s, which is what makes
+   1M rows affordable on a shared machine; the default model adds its fixed size on top.
 3. **Windows.** ``arbiter moderate`` of ``--rows`` long texts (openai-moderation prompts
    joined to ``LONG_CHARS`` characters: several windows each) against the same count of the
    fitting texts, interleaved, best of ``--repeat``: rows/s of each and the windows per row.
 
 Run: ``.venv/bin/python bench/moderate.py [--model default] [--rows 256] [--repeat 3]
-[--threads 2] [--rss-rows 10000,100000] [--million]``.
+[--threads 2] [--rss-rows 10000,100000] [--million] [--rss-model light]``.
 """
 
 from __future__ import annotations
@@ -123,8 +127,54 @@ class Work:
         return self.root / f"out{self.n}{suffix}"
 
 
-def model_args(a: argparse.Namespace) -> list[str]:
-    return ["--model", a.model, "--threads", str(a.threads)]
+def model_args(a: argparse.Namespace, model: str | None = None) -> list[str]:
+    return ["--model", model or a.model, "--threads", str(a.threads)]
+
+
+def light_model(root: Path) -> Path:
+    """A light reward model: the built-in default's tokenizer and config, and an ONNX graph
+    whose reward is the token count / 100 (one ReduceSum of the attention mask). Real files
+    the engine opens like any ONNX model; only the weights are missing, on purpose."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    import engine
+
+    src = Path(engine.registry.default_model_path("onnx"))
+    src = src if src.is_dir() else src.parent
+    out = root / "light-rm"
+    out.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (src / name).exists():
+            shutil.copy(src / name, out / name)
+    meta = json.loads((src / "arbiter.json").read_text())
+    for k in ("kept_float", "activation_quant", "calibration_items", "length_correction", "source_sha256"):
+        meta.pop(k, None)
+    meta.update(dtype="fp32", source="bench/moderate.py light model")
+    (out / "arbiter.json").write_text(json.dumps(meta))
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+             helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("ax", TensorProto.INT64, [1], [1])),
+             helper.make_node("ReduceSum", ["mask_f", "axes"], ["tokens"], keepdims=1),
+             helper.make_node("Constant", [], ["scale"], value=helper.make_tensor("sc", TensorProto.FLOAT, [], [0.01])),
+             helper.make_node("Mul", ["tokens", "scale"], ["logits"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+           for n in ("input_ids", "attention_mask", "token_type_ids")]
+    graph = helper.make_graph(nodes, "light_rm", ins,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, out / "model.onnx")
+    return out
+
+
+def write_synthetic(path: Path, n: int, pool: list[str]) -> Path:
+    """``n`` rows of short text, streamed to disk (row i: a pool text and its number)."""
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"{pool[i % len(pool)]} (#{i})"}, ensure_ascii=False) + "\n")
+    return path
 
 
 def best_rate(a: argparse.Namespace, w: Work, variants: dict[str, tuple[Callable[[Path], list[str]], Path, Path, int]]
@@ -147,7 +197,11 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rss-rows", default="10000,100000", help="comma-separated row counts for peak RSS")
-    p.add_argument("--million", action="store_true", help="add 1,000,000 rows to the RSS runs (about 40 minutes)")
+    p.add_argument("--million", action="store_true",
+                   help="add 1,000,000 rows to the RSS runs (about 40 minutes with the default model)")
+    p.add_argument("--rss-model", default=None,
+                   help="the model of the RSS runs: a model, or 'light' (built here; see the docstring); "
+                        "default: --model")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,rss,windows")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -194,12 +248,18 @@ def main() -> int:
         if "rss" not in skip:
             counts = [int(x) for x in a.rss_rows.split(",") if x] + ([1_000_000] if a.million else [])
             pool = short_texts()
-            print("\npeak RSS of arbiter moderate (short HateCheck texts cycled)")
+            rss_model = str(light_model(w.root)) if a.rss_model == "light" else a.rss_model
+            print(f"\npeak RSS of arbiter moderate (synthetic short rows; model "
+                  f"{'light (built here)' if a.rss_model == 'light' else rss_model or a.model})", flush=True)
             for n in counts:
-                src = write_jsonl(w.root / f"rss{n}.jsonl", [{"text": pool[i % len(pool)]} for i in range(n)])
-                wall, kib = run(["moderate", str(src), "--out", str(w.out()), *model_args(a)], w.home())
-                print(f"  {n:>9,} rows  peak RSS {kib / 1024:7.1f} MiB   {wall:7.1f} s  ({n / wall:,.0f} rows/s)")
+                src = write_synthetic(w.root / f"rss{n}.jsonl", n, pool)
+                out = w.out()
+                wall, kib = run(["moderate", str(src), "--out", str(out), *model_args(a, rss_model)], w.home())
+                rows = sum(1 for _ in out.open("rb"))
+                print(f"  {n:>9,} rows  peak RSS {kib / 1024:7.1f} MiB   {wall:7.1f} s  ({n / wall:,.0f} rows/s)"
+                      f"   output rows {rows:,}", flush=True)
                 src.unlink()
+                out.unlink()
     return 0
 
 

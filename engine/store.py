@@ -38,11 +38,20 @@ class StoreError(ArbiterError):
 
 
 def damaged(path: Path, e: BaseException) -> StoreError:
-    """The error a user sees for a damaged ``arbiter.db``, with what to do about it."""
+    """The error a user sees for a database that cannot be read, with what to do about it.
+
+    Only the app's own ``arbiter.db`` is safe to replace (its contents are caches and logs that
+    Arbiter rebuilds); any other database (a curation run, annotations, a moderation job) holds
+    work that only a copy can bring back, so the advice differs."""
+    path = Path(path)
+    if path.name == "arbiter.db":
+        return StoreError(
+            f"{path}: the local database cannot be read ({e}). It holds the hash cache, the app's "
+            f"history and evaluation and training runs; move it aside (mv '{path}' '{path}.damaged') "
+            "and Arbiter starts a new one")
     return StoreError(
-        f"{path}: the local database cannot be read ({e}). It holds the hash cache, the app's "
-        f"history and evaluation and training runs; move it aside (mv '{path}' '{path}.damaged') "
-        "and Arbiter starts a new one")
+        f"{path}: the database cannot be read ({e}): it is damaged, or not an SQLite file Arbiter "
+        "wrote. Nothing was changed in it; restore it from a copy, or point Arbiter at another file")
 
 
 def _retry_locked(fn: Callable[[], _T], deadline_s: float = BUSY_TIMEOUT_S) -> _T:

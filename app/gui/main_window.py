@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 import engine
+from app.gui.annotate_view import AnnotateView
 from app.gui.best_of_n import BestOfNView
 from app.gui.compare import CompareView
 from app.gui.context import AppContext
@@ -35,8 +36,8 @@ from engine import registry
 from engine.paths import data_dir
 from engine.types import ranking_from_scores
 
-#: navigation, in the stack's order (Annotate joins when it exists: no placeholders)
-PAGES = ["Compare", "Best-of-N", "Moderate", "History", "Models"]
+#: navigation, in the stack's order
+PAGES = ["Compare", "Best-of-N", "Moderate", "Annotate", "History", "Models"]
 
 
 def settings() -> QSettings:
@@ -59,10 +60,11 @@ class MainWindow(QMainWindow):
         self.compare = CompareView(self.ctx)
         self.best_of_n = BestOfNView(self.ctx)
         self.moderate = ModerateView(self.ctx)
+        self.annotate = AnnotateView(self.ctx)
         self.history = HistoryView(self.ctx)
         self.models = ModelsView(self.ctx)
         self.stack = QStackedWidget()
-        for view in (self.compare, self.best_of_n, self.moderate, self.history, self.models):
+        for view in (self.compare, self.best_of_n, self.moderate, self.annotate, self.history, self.models):
             self.stack.addWidget(view)
         self.nav = QListWidget()
         for label in PAGES:
@@ -113,7 +115,7 @@ class MainWindow(QMainWindow):
         self.runner.progressed.connect(self._job_progress)
         self.runner.finished.connect(self._job_finished)
         self.runner.failed.connect(self.notify)
-        self.runner.cancelled.connect(lambda: self.notify("Cancelled; nothing was saved.", error=False))
+        self.runner.cancelled.connect(lambda: self.notify(self.runner.cancel_message, error=False))
         session.changed.connect(self._model_changed)
         self.models.use_requested.connect(self.open_model)
         self.models.settings_changed.connect(self._settings_changed)
@@ -254,3 +256,4 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.ctx.session.close()
         self.ctx.history.close()
+        self.annotate.shutdown()

@@ -276,7 +276,9 @@ class ModerateView(QWidget):
         session = self.ctx.session
         job = _job(spec, fields, out, model, scorer, thr_path,
                    {"device": session.device, "threads": session.threads or None})
-        return self.ctx.runner.start(f"Moderating {Path(spec).name}", job, self._done)
+        return self.ctx.runner.start(f"Moderating {Path(spec).name}", job, self._done,
+                                     cancel_message="Cancelled; the rows scored so far are kept: "
+                                                    "Run again to resume.")
 
     def _done(self, r: dict[str, Any]) -> None:
         self.state.set_results(r["results"], r["texts"], r["labels"], r["thresholds"])

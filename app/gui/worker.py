@@ -77,6 +77,8 @@ class JobRunner(QObject):
         super().__init__(parent)
         self._thread: _Thread | None = None
         self._token: engine.CancelToken | None = None
+        #: what a Cancel of the current (or last) job leaves behind, said by the job that started
+        self.cancel_message = "Cancelled."
 
     @property
     def busy(self) -> bool:
@@ -89,10 +91,14 @@ class JobRunner(QObject):
         connection runs inside the job (tests hold a job mid-way with one)."""
         return self._thread
 
-    def start(self, label: str, fn: JobFn, on_success: Callable[[Any], None]) -> bool:
-        """Start a job; False (and nothing happens) while another one runs."""
+    def start(self, label: str, fn: JobFn, on_success: Callable[[Any], None], *,
+              cancel_message: str = "Cancelled; nothing was saved.") -> bool:
+        """Start a job; False (and nothing happens) while another one runs. ``cancel_message``
+        is what the window says if it is cancelled: a job that keeps its work (moderation rows,
+        imported pairs) says so instead of the default."""
         if self._thread is not None:
             return False
+        self.cancel_message = cancel_message
         self._token = engine.CancelToken()
         thread = _Thread(fn, self._token)
         thread.progressed.connect(self.progressed)

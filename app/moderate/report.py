@@ -18,8 +18,10 @@ Methods (baselines beside every number):
 * ``default-rm``: the general built-in default RM read the same way (threshold 0.5), when the
   model under test is another model.
 
-Not here: the prompted local LLM judge (Gemma 3 270M) baseline; :data:`NOTES` says so in
-every report.
+* ``judge`` (with ``--judge``): a prompted local LLM judge (Gemma 3 270M by default,
+  JSON-constrained: :mod:`app.moderate.judge`) on a seeded random sample of the rows, beside
+  ``model@judge-sample``, the model under test on the same rows (a generative judge costs
+  about a second a text, so it does not see the whole split).
 
 Over-flagging sets are texts that should *not* be flagged (XSTest safe prompts, HateCheck
 non-hateful cases, harmless Alpaca prompts): the report gives the share each method flags.
@@ -51,8 +53,6 @@ LABEL_CATEGORIES: dict[str, str] = {
 #: rows scored per model call
 SCORE_BATCH = 64
 NOTES = (
-    "The prompted local LLM judge baseline (Gemma 3 270M, JSON-constrained) is not part of this "
-    "report yet (issue 17: a later slice).",
     f"random: uniform scores from random.Random({RANDOM_SEED}), flagged at 1 - (the share the model "
     "flags), so it flags about as many rows as the model.",
     "keyword: " + keywords.LIMITS,
@@ -124,6 +124,7 @@ class Method:
     scores: dict[str, list[float]]  # target -> a score per labelled row
     thresholds: dict[str, float]  # target -> flag at score >= this
     overflag: dict[str, list[float]] = field(default_factory=dict)  # set -> overall scores
+    rows: list[int] | None = None  # the labelled rows it scored (a sample); None: all of them
 
 
 def score_texts(moderator: RewardModerator, texts: Sequence[Text]) -> list[Verdict]:
@@ -182,16 +183,42 @@ def random_overflag(n_rows: int, seed: int, name: str) -> list[float]:
 
 # ---- the report --------------------------------------------------------------------------
 
+JUDGE_NOTE = ("The prompted local LLM judge baseline (Gemma 3 270M, JSON-constrained) is not in "
+              "this report: pass --judge gemma (or --judge PATH.gguf) to add it.")
+
+
+def judge_methods(run, model: Method) -> list[Method]:
+    """The judge's row (overall only: it answers unsafe or not, no category) and the model's on
+    the judge's sample (``run``: app.moderate.judge.JudgeRun)."""
+    judge = Method("judge", {"overall": list(run.scores)}, {"overall": 0.5}, rows=list(run.rows))
+    same = Method("model@judge-sample", {t: [v[i] for i in run.rows] for t, v in model.scores.items()},
+                  dict(model.thresholds), rows=list(run.rows))
+    return [judge, same]
+
+
+def judge_note(run, seed: int = RANDOM_SEED) -> str:
+    from app.moderate.judge import MAX_CHARS
+
+    return (f"judge: {run.name} ({run.identity[:24]}...), asked for {{\"unsafe\": true|false}} under a "
+            f"grammar, on a seeded random sample of {len(run.rows)} rows (seed {seed}); "
+            f"{run.failed} answers did not parse (counted safe); {run.seconds:.0f} s in all. "
+            "model@judge-sample is the model under test on the same rows. Texts are cut to "
+            f"{MAX_CHARS:,} characters for the judge only.")
+
+
 def build(methods: Sequence[Method], labels: Mapping[str, Sequence[bool]], *,
-          info: Mapping[str, Any]) -> dict[str, Any]:
-    """report.json's content: per target, per method, the metrics; the over-flag shares."""
+          info: Mapping[str, Any], notes: Sequence[str] | None = None) -> dict[str, Any]:
+    """report.json's content: per target, per method, the metrics (on the rows it scored:
+    ``rows`` says how many); the over-flag shares."""
     out: dict[str, Any] = {"format": "arbiter-moderation-report/1", **info, "targets": {}, "overflag": {},
-                           "notes": list(NOTES)}
+                           "notes": [*(notes if notes is not None else [JUDGE_NOTE]), *NOTES]}
     for target, ys in labels.items():
-        out["targets"][target] = {
-            "rows": len(ys), "positives": sum(ys),
-            "methods": {m.name: metrics(m.scores[target], ys, m.thresholds[target])
-                        for m in methods if target in m.scores}}
+        per = {}
+        for m in methods:
+            if target in m.scores:
+                sub = ys if m.rows is None else [ys[i] for i in m.rows]
+                per[m.name] = {**metrics(m.scores[target], sub, m.thresholds[target]), "rows": len(sub)}
+        out["targets"][target] = {"rows": len(ys), "positives": sum(ys), "methods": per}
     for m in methods:
         for name, scores in m.overflag.items():
             entry = out["overflag"].setdefault(name, {"rows": len(scores), "methods": {}})

@@ -4,7 +4,9 @@
 
 * ``POST /get_reward`` (OpenRLHF), ``POST /v1/rerank`` and ``/rerank`` (Cohere/Jina/vLLM),
   ``POST /classify`` and ``/v1/classify`` (vLLM), ``POST /v1/score`` (Arbiter's own);
-* ``POST /v1/moderations``: a typed 404 until the moderation issue (17) lands;
+* ``POST /v1/moderations`` (OpenAI's moderation API): each text read by
+  :class:`app.moderate.scoring.RewardModerator` and decided by the thresholds
+  (``--moderation-thresholds``, else the defaults), exactly as ``arbiter moderate`` does;
 * ``GET /health`` (open even with a key), ``/info``, ``/metrics`` (Prometheus text),
   ``/v1/models`` (the OpenAI list clients use to find a model's name).
 
@@ -83,6 +85,13 @@ def create_app(settings: Settings, scorers: Mapping[str, Scorer] | None = None) 
     """The app; ``scorers`` (name -> opened model) skips loading, and the app closes them at shutdown."""
     metrics = Metrics()
     opened = dict(scorers) if scorers is not None else load_models(settings)
+    try:
+        moderation = _moderation_thresholds(settings.moderation_thresholds, opened)
+    except BaseException:
+        if scorers is None:  # ours to close: a bad thresholds file stops the server before it binds
+            for rm in opened.values():
+                rm.close()
+        raise
     served = {name: Served(name, rm, Batcher(rm, name, metrics, max_batch_items=settings.max_batch_items,
                                              max_wait_s=settings.max_wait_ms / 1000.0,
                                              max_queue=settings.max_queue, batch_size=settings.batch_size))
@@ -103,6 +112,7 @@ def create_app(settings: Settings, scorers: Mapping[str, Scorer] | None = None) 
     app.state.served, app.state.settings, app.state.metrics = served, settings, metrics
     _install_errors(app)
     _install_routes(app, served, settings, metrics)
+    _install_moderations(app, served, settings, moderation)
     app.add_middleware(Gate, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes,
                        metrics=metrics, endpoints=ENDPOINTS)
     if settings.cors_origins:  # outside the gate: a browser's preflight carries no key
@@ -298,11 +308,104 @@ def _install_routes(app: FastAPI, served: dict[str, Served], settings: Settings,
     for path in ("/classify", "/v1/classify"):
         app.post(path, response_model=d.ClassifyResponse)(classify)
 
-    @app.post("/v1/moderations")
-    async def moderations() -> Response:
-        raise ApiError(404, "not_available",
-                       "moderation is not available in this version of Arbiter: it needs the moderation "
-                       "models of issue 17, which has not landed; score with /v1/score or /get_reward")
+
+
+# ---- moderation ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Moderation:
+    """A served model's moderation setup: its sha256 and the thresholds that decide for it."""
+
+    sha256: str
+    thresholds: object  # app.moderate.thresholds.Thresholds
+
+
+def _moderation_thresholds(files: tuple[str, ...], opened: Mapping[str, Scorer]) -> dict[str, _Moderation]:
+    """Per served model, the thresholds file that names its sha256, else the defaults; a file
+    that names no served model is an error (its numbers would silently decide nothing)."""
+    from app.moderate.scoring import model_sha256
+    from app.moderate.thresholds import Thresholds, load
+
+    shas = {name: model_sha256(rm.info) for name, rm in opened.items()}
+    out = {name: _Moderation(sha, Thresholds.default()) for name, sha in shas.items()}
+    for f in files:
+        hits = 0
+        for name, sha in shas.items():
+            try:
+                out[name] = _Moderation(sha, load(f, sha))
+            except InputError as e:
+                if e.field != "model_sha256":
+                    raise
+                continue
+            hits += 1
+        if not hits:
+            served = ", ".join(f"{n} ({sha[:16]}...)" for n, sha in shas.items())
+            raise InputError(f"these thresholds were calibrated for a model that is not served; served: "
+                             f"{served}. Calibrate for a served model: arbiter moderate calibrate",
+                             source=f, field="model_sha256")
+    return out
+
+
+def _install_moderations(app: FastAPI, served: dict[str, Served], settings: Settings,
+                         moderation: dict[str, _Moderation]) -> None:
+    from app.moderate.categories import category_map
+    from app.moderate.job import MAX_TEXT_CHARS
+    from app.moderate.scoring import RewardModerator, Text
+
+    moderators: dict[str, RewardModerator] = {}  # one per model, made and used on its worker thread
+
+    def texts_of(req: d.ModerationRequest) -> list[str]:
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts:
+            raise ApiError(422, "validation_error", "field 'input': give at least one text", field="input")
+        if len(texts) > settings.max_items_per_request:
+            raise ApiError(413, "too_many_items",
+                           f"{len(texts)} input in one request; the limit is {settings.max_items_per_request} "
+                           "(--max-items-per-request): split the request", field="input")
+        for i, t in enumerate(texts):
+            where = "input" if isinstance(req.input, str) else f"input[{i}]"
+            if not t.strip():
+                raise ApiError(422, "validation_error", f"field '{where}': the text is empty; nothing to "
+                               "moderate", field=where)
+            if len(t) > MAX_TEXT_CHARS:
+                raise ApiError(422, "input_too_long", f"field '{where}': {len(t):,} characters, over the "
+                               f"{MAX_TEXT_CHARS:,} that moderation windows (arbiter moderate's limit)",
+                               field=where)
+        return texts
+
+    @app.post("/v1/moderations", response_model=d.ModerationResponse)
+    async def moderations(req: d.ModerationRequest) -> dict:
+        s = served[req.model] if req.model in served else _find(served, req.model)
+        texts = texts_of(req)
+
+        def score(rm: Scorer) -> list:
+            moderator = moderators.get(s.name)
+            if moderator is None:
+                moderator = moderators[s.name] = RewardModerator(rm, batch_size=settings.batch_size)
+            return moderator.score([Text(t) for t in texts])
+
+        try:
+            verdicts = await s.batcher.submit(Work.of_call(score, len(texts)))
+        except Exception as e:
+            raise _as_api_error(e) from None
+        m = moderation[s.name]
+        results = []
+        for v in verdicts:
+            scores = category_map(v.category_scores)
+            flagged, cats = m.thresholds.decide(v.score, scores)
+            results.append({"flagged": flagged, "categories": cats, "category_scores": scores})
+        return {"id": f"modr-{uuid.uuid4().hex}", "model": s.name, "results": results,
+                "thresholds_version": m.thresholds.version, "model_sha256": m.sha256}
+
+
+def _find(served: dict[str, Served], name: str | None) -> Served:
+    """A served model by the name a request gives (the first when none): its serve name or its own."""
+    if name is None:
+        return next(iter(served.values()))
+    for s in served.values():
+        if s.scorer.info.name == name:
+            return s
+    raise ApiError(404, "model_not_found", f"no model {name!r} is served here; served: {', '.join(served)}",
+                   model=name)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ from engine.types import Conversation, Item, Score
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["items", "texts", "candidates"]
+Kind = Literal["items", "texts", "candidates", "call"]
 
 
 class Overloaded(Exception):
@@ -63,6 +63,7 @@ class Work:
     conversation: Conversation = ()
     responses: Sequence[str] = ()
     shared_prompt: bool | None = None
+    call: Callable[[Scorer], Any] | None = field(default=None, repr=False)
     enqueued: float = 0.0  # time.monotonic() when queued, seconds
     future: asyncio.Future | None = field(default=None, repr=False)
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
@@ -77,6 +78,13 @@ class Work:
         """Rendered texts scored with ``Scorer.score_texts``; merged with other requests' texts."""
         return Work("texts", len(texts), texts=list(texts),
                     prompts=list(prompts) if prompts is not None else [None] * len(texts))
+
+    @staticmethod
+    def of_call(fn: Callable[[Scorer], Any], size: int) -> Work:
+        """``fn(scorer)`` run on the model's thread, alone (its result is the work's answer): for
+        callers that drive the scorer themselves, as moderation does (windows, a reference
+        refusal); ``size`` is the items it scores, for the queue's bound."""
+        return Work("call", max(1, size), call=fn)
 
     @staticmethod
     def of_candidates(conv: Conversation, responses: Sequence[str], shared_prompt: bool | None) -> Work:
@@ -187,6 +195,12 @@ class Batcher:
             group = [w for w in batch if w.kind == kind]
             if group:
                 self._run_group(group)
+        for w in batch:
+            if w.kind == "call":
+                try:
+                    _settle(w, w.call(self.scorer), None)
+                except Exception as e:  # the error is this request's alone
+                    _settle(w, None, e)
         n = sum(w.size for w in batch)
         dt = max(time.monotonic() - t0, 1e-6)
         self._rate = n / dt if not self._rate else 0.8 * self._rate + 0.2 * n / dt
@@ -273,7 +287,7 @@ def _checked(scores: list[Score]) -> Scored | Exception:
     return Scored(list(scores))
 
 
-def _settle(w: Work, result: Scored | None, error: Exception | None) -> None:
+def _settle(w: Work, result: Any, error: Exception | None) -> None:
     """Resolve a work's future from the worker thread (on its loop, where futures live)."""
     def settle() -> None:
         if w.future is not None and not w.future.done():

@@ -15,6 +15,11 @@ Shapes follow the tools they imitate, field for field, so their clients work unc
   [{"index", "label", "probs", "num_classes"}], "usage"}`` out.
 * ``POST /v1/score``: Arbiter's own: one conversation, its responses, their scores, margins
   and P(better).
+* ``POST /v1/moderations``: OpenAI's moderation API: ``{"input": str | [str], "model"}`` in;
+  ``{"id", "model", "results": [{"flagged", "categories", "category_scores"}]}`` out, one
+  result per text, with OpenAI's category names (``null`` where the model scores no category:
+  a plain reward model gives only the overall score, read as ``arbiter moderate`` reads it).
+  Arbiter adds ``thresholds_version`` and ``model_sha256`` beside them (clients ignore them).
 
 Scores are Bradley-Terry logits. ``use_activation`` (vLLM's per-request flag; ``activation``
 is its older name) asks for ``sigmoid(logit)`` instead, where a dialect has a relevance or
@@ -177,3 +182,22 @@ class ScoreResponse(BaseModel):
     p_a_better: float | None = None
     winner: str | None = None
     usage: RerankUsage
+
+
+# ---- OpenAI moderation -----------------------------------------------------------------------
+class ModerationRequest(_Body):
+    input: str | list[str] = Field(description="one text or a list of texts, each moderated alone")
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool | None]  # None: the model does not score the category
+    category_scores: dict[str, float | None]
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]  # in input order
+    thresholds_version: str
+    model_sha256: str

@@ -44,3 +44,6 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     batch_size: int | None = None  # items per forward pass (None: the model's default)
     cors_origins: tuple[str, ...] = ()  # no CORS headers at all unless origins are named
+    #: thresholds.json files for /v1/moderations, each applied to the served model whose sha256
+    #: it names; a model without one gets the defaults (app.moderate.thresholds)
+    moderation_thresholds: tuple[str, ...] = ()

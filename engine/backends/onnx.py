@@ -74,6 +74,42 @@ def find_onnx_file(folder: Path) -> Path:
     return candidates[0]
 
 
+def session_options(threads: int | None) -> Any:
+    """onnxruntime options: ``threads`` intra-op threads (None: onnxruntime's choice), quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # errors only; our own warnings are the loud ones
+    return opts
+
+
+def load_session(model_file: Path, opts: Any, providers: list[str]) -> Any:
+    """An InferenceSession, or a ModelError naming the file (truncated, not ONNX)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
+        raise ModelError(f"{model_file}: onnxruntime cannot load this file ({e}). "
+                         "The file may be truncated or not an ONNX model; re-export it.") from e
+
+
+def check_started(device: str, requested: list[str], in_use: list[str]) -> None:
+    """The loud warning when the provider asked for is installed but could not start."""
+    if requested[0] == in_use[0]:
+        return
+    runs_on = ("FALLING BACK TO CPU." if in_use[0] == "CPUExecutionProvider"
+               else f"the session runs on {in_use[0]}.")
+    message = (f"device {device!r} was requested but onnxruntime could not start {requested[0]} "
+               f"(no device or driver?); {runs_on}")
+    if device == "auto":
+        log.info("%s", message)  # auto asked for nothing in particular
+    else:
+        warn_fallback(message, stacklevel=4)
+
+
 #: exports whose activations are quantized at run time, per tensor (see share_prompt_by_default)
 DYNAMIC_QUANT = ("int8",)
 
@@ -81,8 +117,6 @@ DYNAMIC_QUANT = ("int8",)
 class OnnxScorer(Scorer):
     def __init__(self, path: Path, *, device: str = DEFAULT_DEVICE, threads: int | None = None,
                  max_length: int | None = None, batch_size: int = 16, name: str | None = None) -> None:
-        import onnxruntime as ort
-
         device = check_device(device)  # a typo fails before the model is read
         folder = Path(path)
         if folder.is_file():
@@ -90,23 +124,12 @@ class OnnxScorer(Scorer):
         meta = read_meta(folder)
         model_file = find_onnx_file(folder)
         encoder = Encoder(TokenizerFiles.from_folder(folder, meta), max_length)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3  # errors only; our own warnings are the loud ones
+        opts = session_options(threads)
         requested = choose_providers(device)
         self._opts, self._providers = opts, requested
         self.session = self._open(model_file)
         in_use = self.session.get_providers()
-        if requested[0] != in_use[0]:  # the provider is installed but could not start (no device, driver)
-            runs_on = ("FALLING BACK TO CPU." if in_use[0] == "CPUExecutionProvider"
-                       else f"the session runs on {in_use[0]}.")
-            message = (f"device {device!r} was requested but onnxruntime could not start {requested[0]} "
-                       f"(no device or driver?); {runs_on}")
-            if device == "auto":
-                log.info("%s", message)  # auto asked for nothing in particular
-            else:
-                warn_fallback(message)
+        check_started(device, requested, in_use)
         self._inputs = {i.name for i in self.session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
@@ -154,13 +177,7 @@ class OnnxScorer(Scorer):
                          share_prompt_by_default=self.share_prompt_by_default)
 
     def _open(self, model_file: Path) -> Any:
-        import onnxruntime as ort
-
-        try:
-            return ort.InferenceSession(str(model_file), sess_options=self._opts, providers=self._providers)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
-            raise ModelError(f"{model_file}: onnxruntime cannot load this file ({e}). "
-                             "The file may be truncated or not an ONNX model; re-export it.") from e
+        return load_session(model_file, self._opts, self._providers)
 
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
