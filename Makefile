@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test install lint bench clean default-model fuzz crash-test bundle bundle-test
+.PHONY: run test install lint bench clean default-model fuzz crash-test bundle bundle-test curate-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ run: install
 test: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check engine app trainer exports tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not judge_llm"
+
+# whole stage-1 curation rounds with the real Gemma 3 270M judge, in-process, over llama.cpp's
+# HTTP server, and killed mid-round (about 11 minutes here; CI runs it after `make test`)
+curate-test: install
+	$(PY) -m pytest -q -m judge_llm tests/test_stage1.py
 
 # every hypothesis fuzz target, >= 1,000 cases each (make test runs the same targets, short)
 fuzz: install

@@ -210,6 +210,7 @@ def _records(out: Path) -> dict[str, list]:
 
 
 @pytest.mark.slow
+@pytest.mark.judge_llm
 def test_one_round_with_the_local_gemma_judge(local_run):
     m = local_run["metrics"][0]
     rec = local_run["records"]
@@ -252,6 +253,7 @@ def test_one_round_with_the_local_gemma_judge(local_run):
 
 
 @pytest.mark.slow
+@pytest.mark.judge_llm
 def test_the_human_share_is_queued_objective_low_controversy_first(local_run):
     from trainer.curate.annotations import AnnotationStore
     from trainer.curate.runstore import RunStore
@@ -275,6 +277,7 @@ def test_the_human_share_is_queued_objective_low_controversy_first(local_run):
 
 
 @pytest.mark.slow
+@pytest.mark.judge_llm
 def test_a_rerun_makes_zero_judge_calls_and_human_labels_join_gold(local_run, embedder_dir):
     """Rerun round 1 (nothing asked), then round 2 with a human label: it goes to gold, not silver."""
     from trainer.curate.annotations import AnnotationStore
@@ -335,6 +338,7 @@ def _decisions(out: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.judge_llm
 def test_a_run_killed_mid_judging_resumes_to_the_same_records(local_run, embedder_dir, tmp_path):
     """SIGKILL a real `arbiter curate stage1` once a pair's decision is committed. The rerun keeps
     what was committed, judges only the rest, and ends whole: the uninterrupted run's training
@@ -382,6 +386,7 @@ def test_a_run_killed_mid_judging_resumes_to_the_same_records(local_run, embedde
 
 
 @pytest.mark.slow
+@pytest.mark.judge_llm
 @pytest.mark.enable_socket
 def test_one_round_over_http_against_llama_cpp_server(shared_data, embedder_dir, tmp_path):
     """The same round with the judge behind llama.cpp's OpenAI-compatible server on 127.0.0.1
