@@ -241,6 +241,10 @@ class AnnotateView(QWidget):
         s.setValue(NAME_KEY, name)
         s.sync()
         self.state.set_annotator(name)
+        if self.state.store is not None:  # the "name yourself" hint is stale now: say where labels go
+            left = "" if self.state.current is not None else " " + self._nothing_left()
+            self.show_message(f"Labels go to {self.state.store.path} as {name or '(no name)'}.{left}",
+                              error=False)
 
     def _overlap_changed(self, value: int) -> None:
         if self.state.store is not None:
