@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.serve_helpers import ServerHandle, start_listening
+
 #: llama.cpp threads for the test judges: one. On a busy 2-core machine two threads wait on
 #: each other at every barrier; one answered a verdict in 2.5 s where two took 31.5 s (best
 #: of 3, side by side, this project's VM, load average 2.5-5)
@@ -30,33 +28,7 @@ START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 120.0
 
 
-@dataclass
-class LlamaServerHandle:
-    url: str
-    proc: subprocess.Popen
-    _stderr: list[str] = field(default_factory=list, repr=False)
-    _reader: threading.Thread | None = field(default=None, repr=False)
-
-    def stderr(self) -> str:
-        if self.proc.poll() is not None and self._reader is not None:
-            self._reader.join(STOP_TIMEOUT_S)
-        return "".join(self._stderr)
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM and wait (SIGKILL only on a hang); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> LlamaServerHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+LlamaServerHandle = ServerHandle  # the same handle as `arbiter serve`'s (url, stop(), stderr())
 
 
 def start_llama_server(gguf: Path, *, api_key_env: str | None = None, env: dict[str, str] | None = None,
@@ -69,30 +41,7 @@ def start_llama_server(gguf: Path, *, api_key_env: str | None = None, env: dict[
     if threads:
         cmd += ["--threads", str(threads)]
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
-    lines: list[str] = []
-    url: list[str] = []
-    found = threading.Event()
-
-    def read() -> None:  # drains stderr for the server's life, so its pipe never fills
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            m = _LISTENING.search(line)
-            if m and not found.is_set():
-                url.append(m.group(1))
-                found.set()
-        found.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    if not found.wait(START_TIMEOUT_S) or not url:
-        proc.kill()
-        proc.wait()
-        reader.join(STOP_TIMEOUT_S)
-        raise AssertionError(f"llama_server did not start (exit {proc.returncode}):\n{''.join(lines)}")
-    handle = LlamaServerHandle(url[0], proc, lines, reader)
+    handle = start_listening(cmd, _LISTENING, "llama_server", env=env, start_timeout=START_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {full_env[api_key_env]}"} if api_key_env else {}
     with httpx.Client(base_url=handle.url, trust_env=False, timeout=START_TIMEOUT_S) as c:
         r = c.get("/v1/models", headers=headers)

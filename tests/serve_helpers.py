@@ -33,6 +33,7 @@ class ServerHandle:
     proc: subprocess.Popen
     _stderr: list[str] = field(default_factory=list, repr=False)
     _reader: threading.Thread | None = field(default=None, repr=False)
+    what: str = "arbiter serve"  # the server's name in failures
 
     def client(self, **kwargs) -> httpx.Client:
         """An HTTP client on this server (no proxies from the environment, a hang-guard timeout)."""
@@ -57,7 +58,7 @@ class ServerHandle:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"arbiter serve did not stop on SIGTERM:\n{self.stderr()}") from None
+            raise AssertionError(f"{self.what} did not stop on SIGTERM:\n{self.stderr()}") from None
         finally:
             self.stderr()
 
@@ -76,18 +77,31 @@ def start_server(args: list[str], env: dict[str, str] | None = None) -> ServerHa
     """Start `arbiter serve ARGS` on 127.0.0.1 and a free port; return when /health answers."""
     if "--port" not in args:
         args = ["--port", "0", *args]
-    proc = subprocess.Popen(serve_command(args), cwd=ROOT, env={**os.environ, **(env or {})},
+    handle = start_listening(serve_command(args), _LISTENING, "arbiter serve", env=env)
+    with handle.client() as c:
+        r = c.get("/health")
+        assert r.status_code == 200, r.text
+    return handle
+
+
+def start_listening(cmd: list[str], listening: re.Pattern[str], what: str, *,
+                    env: dict[str, str] | None = None, start_timeout: float = START_TIMEOUT_S) -> ServerHandle:
+    """Run a server subprocess that prints ``listening`` (group 1: its URL) on stderr once bound.
+
+    stderr is drained for the process's whole life (its pipe never fills); a server that exits
+    or hangs before that line is an AssertionError carrying everything it wrote."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, encoding="utf-8", errors="replace")
     lines: list[str] = []
     found = threading.Event()
     url: list[str] = []
 
-    def read() -> None:  # drains stderr for the server's whole life, so its pipe never fills
+    def read() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
-            m = _LISTENING.search(line)
+            m = listening.search(line)
             if m and not found.is_set():
                 url.append(m.group(1))
                 found.set()
@@ -95,13 +109,9 @@ def start_server(args: list[str], env: dict[str, str] | None = None) -> ServerHa
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if not found.wait(START_TIMEOUT_S) or not url:
+    if not found.wait(start_timeout) or not url:
         proc.kill()
         proc.wait()
         reader.join(STOP_TIMEOUT_S)
-        raise AssertionError(f"arbiter serve did not start (exit {proc.returncode}):\n{''.join(lines)}")
-    handle = ServerHandle(url[0], proc, lines, reader)
-    with handle.client() as c:
-        r = c.get("/health")
-        assert r.status_code == 200, r.text
-    return handle
+        raise AssertionError(f"{what} did not start (exit {proc.returncode}):\n{''.join(lines)}")
+    return ServerHandle(url[0], proc, lines, reader, what)

@@ -38,7 +38,7 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,14 +51,14 @@ from app.moderate.job import (
     _count,
     _parse,
     _result,
-    job_key,
+    open_job,
     row_hash,
 )
 from app.moderate.scoring import RewardModerator
 from app.moderate.store import Decided, Job, ModerationStore
 from app.moderate.thresholds import Thresholds
 from engine.errors import ArbiterError, InputError, ModelError
-from engine.tabular import Location, count_rows, parse_location, read_table, write_table
+from engine.tabular import Location, count_rows, read_table, write_table
 
 #: rows per shard: the unit committed (and skipped by a rerun) together
 SHARD_ROWS = 4096
@@ -249,13 +249,7 @@ def run_ray(model: ModelRef, opts: Options, thresholds: Thresholds, *, model_sha
             progress: Progress | None = None) -> Summary:
     """:func:`app.moderate.job.run` on Ray Data: same job key, same store, same output."""
     ray = import_ray()
-    loc = parse_location(opts.input)
-    out = parse_location(opts.output)
-    job = store.open_job(job_key(opts, loc, model_sha256, thresholds), input=str(loc), output=str(out),
-                         model_sha256=model_sha256, thresholds_version=thresholds.version,
-                         options=asdict(opts))
-    summary = Summary(job.id, resumed_from=job.position, output=str(out), model_sha256=model_sha256,
-                      thresholds_version=thresholds.version)
+    loc, out, job, summary = open_job(opts, thresholds, model_sha256, store)
     started = not ray.is_initialized()
     try:
         if started:  # Ray's own INFO lines would bury the command's output on stderr

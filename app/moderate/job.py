@@ -188,9 +188,10 @@ class _Batch:
         self.ids: dict[str, int] = {}
 
 
-def run(rm, opts: Options, thresholds: Thresholds, *, model_sha256: str,
-        store: ModerationStore, progress: Progress | None = None) -> Summary:
-    """Moderate ``opts.input`` into ``opts.output``, resuming an unfinished job of the same key."""
+def open_job(opts: Options, thresholds: Thresholds, model_sha256: str,
+             store: ModerationStore) -> tuple[Location, Location, Job, Summary]:
+    """(input, output, the job row (new, or the unfinished one of the same key), its summary):
+    the start every engine (local, Ray) shares, so they resume each other's jobs."""
     loc = parse_location(opts.input)
     out = parse_location(opts.output)
     job = store.open_job(job_key(opts, loc, model_sha256, thresholds), input=str(loc), output=str(out),
@@ -198,6 +199,13 @@ def run(rm, opts: Options, thresholds: Thresholds, *, model_sha256: str,
                          options=asdict(opts))
     summary = Summary(job.id, resumed_from=job.position, output=str(out), model_sha256=model_sha256,
                       thresholds_version=thresholds.version)
+    return loc, out, job, summary
+
+
+def run(rm, opts: Options, thresholds: Thresholds, *, model_sha256: str,
+        store: ModerationStore, progress: Progress | None = None) -> Summary:
+    """Moderate ``opts.input`` into ``opts.output``, resuming an unfinished job of the same key."""
+    loc, out, job, summary = open_job(opts, thresholds, model_sha256, store)
     try:
         job = _score_all(rm, opts, loc, thresholds, model_sha256, store, job, progress)
         columns = OPENAI_COLUMNS if opts.openai_format else COLUMNS
