@@ -43,22 +43,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.moderate.job import (
-    COLUMNS,
-    OPENAI_COLUMNS,
     Options,
     Progress,
     Summary,
-    _count,
     _parse,
     _result,
     open_job,
     row_hash,
+    write_output,
 )
 from app.moderate.scoring import RewardModerator
 from app.moderate.store import Decided, Job, ModerationStore
 from app.moderate.thresholds import Thresholds
 from engine.errors import ArbiterError, InputError, ModelError
-from engine.tabular import Location, count_rows, read_table, write_table
+from engine.tabular import Location, count_rows, read_table
 
 #: rows per shard: the unit committed (and skipped by a rerun) together
 SHARD_ROWS = 4096
@@ -257,11 +255,7 @@ def run_ray(model: ModelRef, opts: Options, thresholds: Thresholds, *, model_sha
             ray.init(address=ray_opts.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         job = _score_all(ray, model, opts, loc, thresholds, model_sha256, store, job, ray_opts, progress)
-        with write_table(out, OPENAI_COLUMNS if opts.openai_format else COLUMNS) as w:
-            for r in store.results(job):
-                w.write(r)
-                _count(summary, r)
-        store.finish(job)
+        write_output(opts, out, job, summary, store)
     except BaseException:
         store.stop(job)
         raise

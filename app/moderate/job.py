@@ -208,16 +208,21 @@ def run(rm, opts: Options, thresholds: Thresholds, *, model_sha256: str,
     loc, out, job, summary = open_job(opts, thresholds, model_sha256, store)
     try:
         job = _score_all(rm, opts, loc, thresholds, model_sha256, store, job, progress)
-        columns = OPENAI_COLUMNS if opts.openai_format else COLUMNS
-        with write_table(out, columns) as w:
-            for r in store.results(job):
-                w.write(r)
-                _count(summary, r)
-        store.finish(job)
+        write_output(opts, out, job, summary, store)
     except BaseException:
         store.stop(job)
         raise
     return summary
+
+
+def write_output(opts: Options, out: Location, job: Job, summary: Summary, store: ModerationStore) -> None:
+    """Every stored result of a fully scored ``job``, in input order, into ``out`` (written whole at
+    the end, so a resumed job's file equals an uninterrupted one's); then mark the job finished."""
+    with write_table(out, OPENAI_COLUMNS if opts.openai_format else COLUMNS) as w:
+        for r in store.results(job):
+            w.write(r)
+            _count(summary, r)
+    store.finish(job)
 
 
 def _count(summary: Summary, r: dict[str, Any]) -> None:
