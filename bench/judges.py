@@ -69,6 +69,17 @@ def run_variant(judge, pairs, cache_path: Path, concurrency: int) -> tuple[float
     return dt, cj.calls_made, judge.usage.prompt_tokens - before
 
 
+def llama_server(gguf: Path, n_ctx: int, threads: int):
+    """llama-cpp-python's server (trainer.curate.llama_server) on a free port, stopped on exit."""
+    import re
+
+    from bench.serve import Server
+
+    cmd = [sys.executable, "-m", "trainer.curate.llama_server", "--model", str(gguf), "--port", "0",
+           "--n-ctx", str(n_ctx), "--threads", str(threads)]
+    return Server([], cmd=cmd, listening=re.compile(r"llama_server: listening on (http://\S+)"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=8)
@@ -76,7 +87,6 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from tests.judge_helpers import start_llama_server
     from trainer.curate.judges import HTTPJudge, LocalJudge
     from trainer.reference_models import gemma_gguf
 
@@ -86,7 +96,7 @@ def main() -> int:
     n_ctx = 2048
     best: dict[str, tuple[float, int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp, LocalJudge(gguf, n_ctx=n_ctx, threads=args.threads) as local, \
-            start_llama_server(gguf, n_ctx=n_ctx, threads=args.threads) as server:
+            llama_server(gguf, n_ctx, args.threads) as server:
         variants = {"local": (local, 1)}
         for c in (1, 4, 8):
             variants[f"http c={c}"] = (HTTPJudge(server.url, "gemma", concurrency=c, timeout_s=600), c)

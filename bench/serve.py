@@ -41,26 +41,34 @@ ENDPOINTS = ("/get_reward", "/v1/score")
 
 
 class Server:
-    """``arbiter serve`` in a subprocess on a free port; stopped with SIGTERM."""
+    """A server in a subprocess on a free port (``arbiter serve`` unless ``cmd`` is given; it
+    must print ``listening`` with its URL on stderr once bound); stopped with SIGTERM."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--port", "0", *args],
-                                     cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    def __init__(self, args: list[str], *, cmd: list[str] | None = None,
+                 listening: re.Pattern[str] = _LISTENING) -> None:
+        cmd = cmd or [sys.executable, "-m", "app.cli.main", "serve", "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         assert self.proc.stderr is not None
         for line in self.proc.stderr:  # the announcement comes once the socket is bound
             self.lines.append(line)
-            if m := _LISTENING.search(line):
+            if m := listening.search(line):
                 self.url = m.group(1)
                 break
         else:
-            raise SystemExit(f"arbiter serve did not start:\n{''.join(self.lines)}")
+            raise SystemExit(f"{cmd[2:4]} did not start:\n{''.join(self.lines)}")
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep the pipe drained
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(120)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def pairs_of(items: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
