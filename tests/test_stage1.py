@@ -350,8 +350,7 @@ def test_a_run_killed_mid_judging_resumes_to_the_same_records(local_run, embedde
     env = {**os.environ, "ARBITER_HOME": str(tmp_path / "home")}
     argv = _cli(local_run["files"], out, embedder_dir)
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while proc.poll() is None and _decisions(out) < 1 and time.monotonic() < deadline:
+    while proc.poll() is None and _decisions(out) < 1:  # the run either commits a decision or ends
         time.sleep(0.2)
     assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()}"
     proc.send_signal(signal.SIGKILL)
