@@ -61,6 +61,14 @@ def test_a_bad_pool_row_names_file_line_and_field(sets, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_a_judge_endpoint_that_is_down_fails_before_training(sets, tmp_path):
+    """Nothing listens on 127.0.0.1:9 (discard): the run stops in seconds naming the endpoint,
+    before it trains, embeds or writes a run folder."""
+    r = _run(tmp_path, *_base_args(sets, tmp_path), "--judge-url", "http://127.0.0.1:9", "--judge-model", "m")
+    _fails_cleanly(r, "http://127.0.0.1:9/v1/chat/completions: cannot reach the judge", "is the server up?")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_bad_gold_row_is_caught_before_any_judge_loads(sets, tmp_path):
     sets["gold"].write_text(_alpaca_row(0) + "\n" + '{"prompt": "x", "chosen": 3, "rejected": "y"}\n')
     r = _run(tmp_path, *_base_args(sets, tmp_path), "--judge", str(tmp_path / "no.gguf"))

@@ -82,6 +82,7 @@ def _judges(args: argparse.Namespace) -> list[Any]:
     for i, (url, model) in enumerate(zip(args.judge_url, args.judge_model, strict=True)):
         key = keys[i] if len(keys) > 1 else (keys[0] if keys else None)
         judges.append(HTTPJudge(url, model, api_key_env=key, concurrency=args.concurrency))
+        judges[-1].check()  # a down endpoint or a refused key fails now, not after training
     return judges
 
 

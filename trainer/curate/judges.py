@@ -278,6 +278,20 @@ class HTTPJudge:
                                     limits=httpx.Limits(max_connections=concurrency,
                                                         max_keepalive_connections=concurrency))
 
+    def check(self) -> None:
+        """Fail in seconds, before a run trains anything, when the endpoint is down or refuses the
+        key: ``GET /v1/models``. Any other answer (a server without that route says 404) passes;
+        the first real call tells the rest."""
+        import httpx
+
+        try:
+            r = self._client.get(f"{self.url}/v1/models", timeout=min(self.timeout_s, 10.0))
+        except (httpx.HTTPError, OSError) as e:
+            raise JudgeUnavailable(f"{self.endpoint}: cannot reach the judge ({type(e).__name__}: {e}); "
+                                   "is the server up?") from None
+        if r.status_code in (401, 403):
+            raise JudgeUnavailable(f"{self.endpoint}: the server refused the API key (HTTP {r.status_code})")
+
     def _body(self, messages: list[dict[str, str]], schema: dict, params: Sampling) -> dict:
         if self._form == "json_schema":
             fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
