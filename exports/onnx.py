@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import ModelError
-from engine.files import sha256_file
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_config, read_meta, write_meta
 
 if TYPE_CHECKING:
@@ -80,12 +79,17 @@ def _versions() -> dict[str, str]:
 
 
 def source_digest(src: Path) -> str:
-    """sha256 over the checkpoint's weight files (sorted by name), to tie an export to its source."""
+    """sha256 over the checkpoint's weight files (sorted by name), to tie an export to its source.
+
+    Each file's hash comes from the engine's cache (path, size, mtime), so asking again (the
+    default embedder's folder is found by it on every use) does not reread ~90 MB of weights."""
     import hashlib
+
+    from engine.files import file_info
 
     h = hashlib.sha256()
     for p in sorted(Path(src).glob("*.safetensors")):
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+        h.update(p.name.encode() + b"\0" + file_info(p).sha256.encode())
     return h.hexdigest()
 
 
