@@ -158,7 +158,9 @@ class NeighbourIndex:
             return [[] for _ in range(len(q))]
         if self.method == "exact":
             return self._search_exact(q, k)
-        found = self._hnsw.search(q, k)
+        # asked for every row, a graph search can still miss one it cannot reach (HNSW is
+        # approximate; a 50-row index gave 49 once): then usearch's own brute force answers
+        found = self._hnsw.search(q, k, exact=k >= len(self.ids))
         # one query row comes back as Matches (1-d, no counts), several as BatchMatches
         counts = np.atleast_1d(getattr(found, "counts", len(found.keys)))
         keys, dists = np.atleast_2d(found.keys), np.atleast_2d(found.distances)
