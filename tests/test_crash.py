@@ -319,3 +319,35 @@ def test_a_checkpoint_killed_while_saving_resumes_whole(killed, tmp_path):
     reference = state_after(want_step)[0]
     assert torch.equal(model.weight, reference.weight) and torch.equal(model.bias, reference.bias)
     assert sorted(p.name for p in state.iterdir()) == names  # nothing half-done left behind
+
+
+def test_a_safetensors_write_killed_midway_leaves_nothing_after_the_next_start(tmp_path):
+    """safetensors writes ``.tmpXXXXXX`` and renames it; SIGKILL mid-write leaves the temp file,
+    which a CI run found in ``last/state`` after the rerun. A run's start drops it, and only it."""
+    from trainer.bt.checkpoint import drop_interrupted_writes
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"previous checkpoint")
+    (folder / ".tmp-notours").write_text("")  # not safetensors' pattern: kept
+    script = ("import sys, torch; from safetensors.torch import save_file\n"
+              "while True: save_file({'w': torch.zeros(50_000_000)}, sys.argv[1])\n")
+
+    def temps() -> list[Path]:
+        return [p for p in folder.iterdir() if p.name.startswith(".tmp") and p.name != ".tmp-notours"]
+
+    leftovers: list[Path] = []
+    for _attempt in range(20):  # a kill that lands just after a rename leaves nothing: try again
+        writer = subprocess.Popen([sys.executable, "-c", script, str(folder / "model.safetensors")])
+        try:
+            while not temps():  # until the writer is caught mid-write (it writes 200 MB in a loop)
+                assert writer.poll() is None, "the writer died on its own"
+        finally:
+            writer.kill()
+            writer.wait()
+        leftovers = temps()
+        if leftovers:
+            break
+    assert leftovers, "20 kills all landed between two writes"
+    assert drop_interrupted_writes(folder, tmp_path / "absent") == leftovers
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-notours", "model.safetensors"]

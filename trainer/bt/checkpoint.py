@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,26 @@ from engine.errors import ModelError
 _NEXT = ".next"
 #: present while the renames run: a resume finishes them (a kill -9 mid-save loses nothing)
 _COMMIT = "COMMITTING"
+#: safetensors (Rust ``tempfile``) writes ``.tmpXXXXXX`` beside its target and renames it; a kill
+#: mid-write leaves one behind, with no pid in its name to tell a live writer from a dead one
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+
+
+def drop_interrupted_writes(*folders: Path) -> list[Path]:
+    """Delete what killed safetensors writes left in ``folders``; returns what was deleted.
+
+    Call it at the start of a run, before any process of it writes there: only then is every
+    such file a dead writer's (two runs on one output folder are not supported anyway).
+    """
+    dropped = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if _SAFETENSORS_TEMP.match(f.name) and f.is_file():
+                f.unlink(missing_ok=True)
+                dropped.append(f)
+    return dropped
 
 
 def _commit(state_dir: Path) -> None:

@@ -40,7 +40,7 @@ from trainer.bt.batches import (
     eval_batches,
     micro_batches,
 )
-from trainer.bt.checkpoint import load_state, save_state
+from trainer.bt.checkpoint import drop_interrupted_writes, load_state, save_state
 from trainer.bt.config import TrainConfig
 from trainer.bt.length_penalty import covariance_penalty
 from trainer.bt.loss import bt_loss
@@ -201,6 +201,8 @@ def _setup(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: 
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
     out.mkdir(parents=True, exist_ok=True)
+    if main:  # a killed run's half-written safetensors; no process of this run writes yet
+        drop_interrupted_writes(out / "best", out / "last", out / "last" / "state")
     b: Base = load_base(base, cfg, work_dir=out)
     data, gold = _encode(b, train_pairs, gold_pairs, cfg)
     steps_per_epoch = len(epoch_order(data, cfg, 0))
