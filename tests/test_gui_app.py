@@ -121,7 +121,7 @@ def test_keyboard_score_and_swap(qtbot, make_window, onnx_models):
     w = make_window(onnx_models["minilm", "fp32"])
     type_compare(qtbot, w, "Name a prime.", "7", "8")
     w.activateWindow()
-    qtbot.waitUntil(w.isActiveWindow)
+    qtbot.waitUntil(w.isActiveWindow, timeout=JOB_MS)
     w.compare.pane_a.edit.setFocus()
     run_job(qtbot, w, lambda: qtbot.keyClick(w.compare.pane_a.edit, Qt.Key.Key_Return,
                                              Qt.KeyboardModifier.ControlModifier))
@@ -287,11 +287,11 @@ def test_settings_and_history_tools_persist(qtbot, make_window, onnx_models, tmp
     h.refresh()
     assert h.table.rowCount() == 2
     h.search.setText("question yes")
-    qtbot.waitUntil(lambda: h.table.rowCount() == 1)
+    qtbot.waitUntil(lambda: h.table.rowCount() == 1, timeout=JOB_MS)
     out = tmp_path / "h.csv"
     assert h.export(out, "csv") == 1 and "Yes." in out.read_text()
     h.search.clear()
-    qtbot.waitUntil(lambda: h.table.rowCount() == 2)
+    qtbot.waitUntil(lambda: h.table.rowCount() == 2, timeout=JOB_MS)
     h.delete([h.records[0].id])
     assert h.table.rowCount() == 1 and w2.ctx.history.count() == 1
 

@@ -189,7 +189,7 @@ def test_cancel_stops_the_job_and_run_again_resumes(qtbot, window, arbiter_home,
     held = HeldJob(w)
     with qtbot.waitSignal(w.runner.finished, timeout=120_000):
         assert v.run()
-        qtbot.waitUntil(lambda: held.held)
+        qtbot.waitUntil(lambda: held.held, timeout=120_000)
         assert v.cancel_button.isEnabled() and not v.run_button.isEnabled()
         v.cancel_button.click()
         held.release.set()
