@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.common import add_json, emit, positive_int
+from app.cli.curate_report import register_report
+from app.cli.curate_stage2 import register_stage2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="which order each pair is shown first (default 0)")
     s.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the local judge")
     s.set_defaults(func=cmd_stage1)
+    register_report(stages)
+    register_stage2(stages)
 
 
 def _read_sets(args: argparse.Namespace) -> dict[str, list[Any]]:

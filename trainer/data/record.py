@@ -29,8 +29,8 @@ from engine.tabular import read_parquet
 from engine.types import Conversation, Message, conversation
 
 #: who decided: people, an LLM judge, a reward model, or a rule (synthetic negatives)
-LabelOrigin = Literal["human", "llm", "model", "synthetic", "unknown"]
-ORIGINS: tuple[str, ...] = ("human", "llm", "model", "synthetic", "unknown")
+LabelOrigin = Literal["human", "llm", "model", "synthetic", "unknown", "flipped"]
+ORIGINS: tuple[str, ...] = ("human", "llm", "model", "synthetic", "unknown", "flipped")
 
 
 @dataclass(frozen=True, slots=True)
