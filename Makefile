@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test install lint bench clean default-model fuzz crash-test bundle bundle-test curate-test
+.PHONY: run test install lint bench clean default-model moderation-model fuzz crash-test bundle bundle-test curate-test curation-experiment
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ bench: install
 # Rebuild the built-in default model (needs ../shared/data; about an hour on 2 CPU cores)
 default-model: install
 	$(PY) -m app.pipelines.default_model
+
+# Rebuild the built-in moderation model (needs ../shared/data; about 10 minutes on 2 shared CPU cores)
+moderation-model: install
+	$(PY) -m app.pipelines.moderation_model
+
+# The curation experiment (issue 15): arms (a)-(d) trained on equal pair counts, exported, evaluated;
+# writes bench/results/curation_experiment.md (needs ../shared/data; 34 min on the 2 shared cores
+# at its default, small budget; resumes finished steps from build/curation-experiment)
+curation-experiment: install
+	$(PY) -m app.pipelines.curation_experiment
 
 # The desktop bundle dist/arbiter/ (packaging/): PyInstaller from build/bundle-venv, whose
 # llama.cpp is compiled portable (no AVX-512/AMX; ~6 min the first time, then reused)

@@ -100,15 +100,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def run(argv: list[str], home: Path) -> tuple[float, int]:
     """(wall seconds, peak RSS in KiB) of one CLI subprocess; raises on a non-zero exit."""
     env = {**os.environ, "ARBITER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    proc = subprocess.Popen([*ARBITER, *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"`arbiter {' '.join(argv)}` exited {proc.returncode}: {err[-2000:]}")
+    # stderr to a file, not an unread pipe: a child that logs more than 64 KiB would block on it
+    with tempfile.TemporaryFile() as err_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen([*ARBITER, *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=err_file)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
+            raise SystemExit(f"`arbiter {' '.join(argv)}` exited {proc.returncode}: {err[-2000:]}")
     return wall, usage.ru_maxrss  # KiB on Linux
 
 

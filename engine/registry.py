@@ -25,6 +25,8 @@ from engine.scorer import Scorer
 
 Format = Literal["onnx", "gguf", "torch"]
 DEFAULT = "default"
+#: the built-in moderation model (app/pipelines/moderation_model.py), a name like ``default``
+MODERATION = "moderation"
 
 
 def detect_format(path: Path) -> Format:
@@ -133,6 +135,17 @@ def default_model_path(format: Format | None = None) -> Path | None:
     return choice.path if choice else None
 
 
+def moderation_model_path(format: Format | None = None) -> Path | None:
+    """The built-in moderation model's copy: ``format``'s, else ONNX (int8; its runtime is a
+    core dependency), else GGUF. None when the package ships none."""
+    root = builtin_dir() / MODERATION
+    copies = {f: p for f in _DEFAULT_COPIES if (p := _default_copy(root, f)) is not None}
+    if format is not None and copies and format not in copies:
+        raise ModelError(f"the built-in moderation model has no {format} copy; it ships "
+                         f"{', '.join(sorted(copies))}")
+    return copies.get(format or "onnx") or next(iter(copies.values()), None)
+
+
 def _no_default() -> ModelError:
     return ModelError(
         "no default model: this build of Arbiter does not ship one yet. Name a model instead "
@@ -145,6 +158,9 @@ def list_models() -> list[Entry]:
     default = default_model_path()
     if default is not None:
         entries.append(Entry(DEFAULT, default, detect_format(default), builtin=True))
+    moderation = moderation_model_path()
+    if moderation is not None:
+        entries.append(Entry(MODERATION, moderation, detect_format(moderation), builtin=True))
     for p in sorted(models_dir().iterdir()):
         if p.name.startswith("."):
             continue
@@ -167,6 +183,8 @@ def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
         if path is None:
             raise _no_default()
         return Entry(DEFAULT, path, detect_format(path), builtin=True)
+    if spec_s == MODERATION and (path := moderation_model_path(format)) is not None:
+        return Entry(MODERATION, path, detect_format(path), builtin=True)
     registered = models_dir() / spec_s
     if "/" not in spec_s and "\\" not in spec_s and registered.exists():
         return Entry(spec_s, registered, detect_format(registered))
@@ -225,6 +243,8 @@ def add(path: Path, name: str | None = None) -> Entry:
 def remove(name: str) -> None:
     if name == DEFAULT:
         raise ModelError("the built-in default model cannot be removed")
+    if name == MODERATION and moderation_model_path() is not None:
+        raise ModelError("the built-in moderation model cannot be removed")
     dest = models_dir() / name
     if not dest.exists():
         raise ModelError(f"no registered model named {name!r}")

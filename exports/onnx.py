@@ -49,9 +49,13 @@ QUANTS = ("int8",)
 #: how int8 activations are quantized, recorded in arbiter.json as ``activation_quant``
 #: (an int8 export without the key is a legacy dynamic one)
 STATIC, DYNAMIC = "static", "dynamic"
-#: calibration batches whose activations onnxruntime keeps before folding them into ranges
-#: (bounds the calibration's memory: each holds every intermediate tensor of one item)
-CALIB_FLUSH = 16
+#: calibration batches whose activations onnxruntime keeps before folding them into ranges.
+#: None: all of them. onnxruntime 1.32's MinMaxCalibrater *drops* each full chunk of
+#: ``CalibMaxIntermediateOutputs`` items without folding it into the ranges (calibrate.py,
+#: ``collect_data``: clear_collected_data, no compute_data), so with 16 the ranges came from
+#: the last ``n % 16`` items only, and ``n % 16 == 0`` failed ("No data is collected"). The
+#: MinMax graph keeps only each tensor's min and max per item, so holding all is small.
+CALIB_FLUSH: int | None = None
 # node-name fragments of the layers that make the score: kept in float when quantizing
 HEAD_NODES = ("/score/", "/classifier/", "/pooler/")
 PREFIX_MODEL = "model_with_past.onnx"
@@ -106,8 +110,10 @@ def check_source(src: Path) -> dict:
     if not archs or not archs[0].endswith("ForSequenceClassification"):
         raise ModelError(f"{src}: architecture {archs} is not a *ForSequenceClassification reward model")
     labels = cfg.get("num_labels", len(cfg.get("id2label", {})) or 1)
-    if labels != 1:
-        raise ModelError(f"{src}: {labels} labels; a Bradley-Terry reward model has one")
+    outputs = read_meta(src).get("outputs")  # a multi-output head made on purpose names each output
+    if labels != 1 and not (isinstance(outputs, list) and len(outputs) == labels):
+        raise ModelError(f"{src}: {labels} labels; a Bradley-Terry reward model has one (a "
+                         "multi-output head names its outputs in arbiter.json \"outputs\")")
     return cfg
 
 
@@ -192,7 +198,7 @@ def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
                         calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=Path(tmp) / "augmented.onnx",
                         extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Gather"],
-                                       "CalibMaxIntermediateOutputs": CALIB_FLUSH})
+                                       **({"CalibMaxIntermediateOutputs": CALIB_FLUSH} if CALIB_FLUSH else {})})
 
 
 def calibration_items(extra: Iterable[Item] = ()) -> list[Item]:
@@ -387,6 +393,7 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             # must be fed zeros here too (it was written as "segment" always: a parity bug)
             "token_types": src_meta.get("token_types", "segment"),
             "length_correction": float(src_meta.get("length_correction") or 0.0),
+            "outputs": src_meta.get("outputs"),  # a multi-output head's names (None: one score)
             "dtype": "fp32",
             "kept_float": [],
             "prefix_model": prefix_entry["file"] if prefix_entry else None,

@@ -29,6 +29,8 @@ def test_models_add_list_info_remove(onnx_models, arbiter_home):
     listed = json.loads(run("models", "list", "--json").stdout)
     choice = engine.registry.default_choice()  # the measured fastest copy (tests/test_default_model.py)
     builtin = [("default", choice.format)] if choice else []
+    if engine.registry.moderation_model_path() is not None:  # the built-in moderation model
+        builtin.append(("moderation", "onnx"))
     assert [(m["name"], m["format"]) for m in listed] == [*builtin, ("mini", "onnx")]
     assert (arbiter_home / "models" / "mini" / "model.onnx").is_file()
     info = json.loads(run("models", "info", "mini", "--json").stdout)

@@ -255,7 +255,7 @@ def test_no_default_model_opens_calmly_and_models_can_be_added(qtbot, make_windo
     has_default = engine.registry.default_model_path() is not None
     assert w.models.notice.isVisible() is not has_default
     assert ("No default model" in w.model_status.text()) is not has_default
-    builtin = int(has_default)
+    builtin = int(has_default) + int(engine.registry.moderation_model_path() is not None)  # + built-in moderation
     if has_default:  # always listed, never removable
         w.models.table.selectRow(0)
         assert "built-in" in w.models.table.item(0, 0).text()

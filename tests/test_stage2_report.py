@@ -245,6 +245,7 @@ def test_report_of_a_real_stage2_run(tmp_path, capsys):
     """run_stage2 on a tiny pool with two word RMs and no judges; the report's counts equal the
     run's summary and its output files, and every p is the one worked out from the weights."""
     from engine.types import sigmoid
+    from trainer.curate import stage2
     from trainer.curate.stage2 import Stage2Config, run_stage2
 
     gold_rm = _word_rm(tmp_path / "gold-rm", {"good": 3.0})
@@ -254,7 +255,8 @@ def test_report_of_a_real_stage2_run(tmp_path, capsys):
             _pair(3, "bad", "good and great"),  # gold .05: discarded / gold_disagrees
             _pair(4, "good and great", "word " * 900),  # over the 512 tokens: unscored / too_long
             _pair(5, "great", "fine")]  # gold .5 (not > .5), current .95: discarded / gold_disagrees
-    gold = [_pair(10 + i, "a great answer", "a plain answer") for i in range(5)]  # current right: band 0
+    n_gold = max(5, getattr(stage2, "MIN_BAND_PAIRS", 1))  # enough for the band to be measured
+    gold = [_pair(10 + i, "a great answer", "a plain answer") for i in range(n_gold)]  # current right: band 0
     for name, rows in (("pool", pool), ("gold", gold)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = Stage2Config(pool=[tmp_path / "pool.jsonl"], gold=[tmp_path / "gold.jsonl"], gold_rm=gold_rm,
@@ -271,7 +273,7 @@ def test_report_of_a_real_stage2_run(tmp_path, capsys):
     assert data["flipped"]["pairs"] == data["flipped"]["written"] == summary.flipped == len(flipped_lines) == 3
     assert len((tmp_path / "out" / "kept" / "00000-pool.jsonl").read_text().splitlines()) == 1
     assert data["band"]["band"] == 0.0 and data["band"]["how"] == "measured" and data["band"]["reached"] is True
-    assert data["band"]["measured_on"]["pairs"] == 5 and len(data["band"]["table"]) == 13
+    assert data["band"]["measured_on"]["pairs"] == n_gold and len(data["band"]["table"]) == 13
     assert data["judges"] == [] and data["judging"] == {
         "needed": 1, "asked": 0, "no_judge": 1, "labels": {"1": 0, "2": 0, "tie": 0, "abstain": 0},
         "agree_with_original": None}
@@ -284,6 +286,8 @@ def test_report_of_a_real_stage2_run(tmp_path, capsys):
     assert rates[("original", "gold_rm")] == (4, 2) and rates[("original", "current_rm")] == (4, 2)
     assert rates[("gold_rm", "current_rm")] == (4, 2)
     assert (tmp_path / "out" / "report" / "current_p_hist.png").read_bytes().startswith(PNG)
+    md = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert f"| 0.000 (chosen) | 1.000 | 1.000 | {n_gold} |" in md and "chosen by `--band auto`" in md
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _duration(seconds: float) -> str:
 def _thresholds(args: argparse.Namespace, sha: str):
     from app.moderate import thresholds
 
-    return thresholds.load(args.thresholds, sha) if args.thresholds else thresholds.Thresholds.default()
+    return thresholds.load(args.thresholds, sha) if args.thresholds else thresholds.shipped(sha)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -90,6 +90,22 @@ def load(path: str | Path, model_sha256: str) -> Thresholds:
     return Thresholds(version, overall, category_map(cats), model_sha256, meta)
 
 
+def shipped(model_sha256: str) -> Thresholds:
+    """What a run without ``--thresholds`` uses: the calibrated thresholds a built-in model ships
+    for exactly this copy (``engine/builtin/*/thresholds-*.json`` whose sha256 is this model's:
+    the built-in moderation model's), else the default 0.5."""
+    from engine.paths import builtin_dir
+
+    for f in sorted(builtin_dir().glob("*/thresholds-*.json")):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("model_sha256") == model_sha256:
+            return load(f, model_sha256)
+    return Thresholds.default()
+
+
 def _threshold(v: Any, source: str, name: str) -> float | None:
     if v is None:
         return None

@@ -245,6 +245,9 @@ class GgufScorer(Scorer):
         n_gpu_layers = self._load_model(path, header, device)
         if self.kind == "head":
             self.head_w, self.head_b = self._head(path, header)
+        #: a RANK head's outputs (llama.cpp's n_cls_out, named by {arch}.classifier.output_labels):
+        #: one score, or a multi-output head's names; ``score`` reads the first
+        self.output_names = self._output_names(path)
         encoder = self._encoder(path, header, max_length)
         self.threads = threads or os.cpu_count() or 1
         self.pack_tokens = pack_tokens
@@ -276,6 +279,20 @@ class GgufScorer(Scorer):
             raise ModelError(f"{path}: arbiter.head.weight has {w.size} values, the model's "
                              f"hidden size is {self.n_embd}; re-export the model")
         return w, b
+
+    def _output_names(self, path: Path) -> tuple[str, ...]:
+        """("score",), or the labels of a RANK head with several outputs (n_cls_out > 1)."""
+        if self.kind != "rank":
+            return ("score",)
+        ll = self.llama
+        n = int(ll.llama_model_n_cls_out(self.model))
+        if n <= 1:
+            return ("score",)
+        names = []
+        for i in range(n):
+            label = ll.llama_model_cls_label(self.model, i)
+            names.append(label.decode("utf-8", "replace") if label else f"output_{i}")
+        return tuple(names)
 
     def _encoder(self, path: Path, header: GgufHeader, max_length: int | None) -> Encoder:
         """The file's own vocabulary and template, with the BOS/EOS handling the export recorded."""
@@ -314,7 +331,7 @@ class GgufScorer(Scorer):
             files=(file_info(path, root=path.parent),),
             provider="gpu" if n_gpu_layers else "cpu",
             length_correction=float(meta.get("arbiter.length_correction") or 0.0),
-            extra={"threads": self.threads, "n_gpu_layers": n_gpu_layers,
+            extra={"threads": self.threads, "n_gpu_layers": n_gpu_layers, "outputs": list(self.output_names),
                    "pack_tokens": self.pack_tokens, "gguf_architecture": header.architecture},
         )
 
@@ -432,6 +449,35 @@ class GgufScorer(Scorer):
             return float(ptr[0])
         h = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
         return float(h @ self.head_w + self.head_b)
+
+    def _pooled_all(self, ctx, seq: int) -> np.ndarray:
+        """Every output of a RANK head for sequence ``seq`` (llama.cpp writes n_cls_out floats)."""
+        ptr = self.llama.llama_get_embeddings_seq(ctx, seq)
+        if not ptr:
+            raise ModelError(f"llama.cpp returned no pooled output for sequence {seq}")
+        return np.ctypeslib.as_array(ptr, shape=(len(self.output_names),)).astype(np.float64)
+
+    def outputs(self, items: Sequence, *, batch_size: int | None = None) -> np.ndarray:
+        """Every output of the head per item, ``[len(items), len(output_names)]`` float64.
+
+        For a multi-output RANK head (``score`` gives only the first). Items too long raise
+        InputTooLongError: the caller windows them (app.moderate.scoring), nothing is cut.
+        Decoded as ``score`` decodes them (one sequence per decode unless ``pack_tokens``), so
+        the first column equals ``score`` exactly.
+        """
+        if self.kind != "rank":
+            return np.array([[s.value] for s in self.score(items, batch_size=batch_size)])
+        seqs = [self._tokens(self.encode(i)) for i in items]
+        out = np.zeros((len(seqs), len(self.output_names)), dtype=np.float64)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        with self._lock:
+            for pack in self._packs([len(t) for t in seqs], order):
+                ctx = self._context(sum(len(seqs[i]) for i in pack))
+                self.llama.llama_memory_clear(self.llama.llama_get_memory(ctx), True)
+                self._decode_scored(ctx, [(s, seqs[i], 0) for s, i in enumerate(pack)])
+                for s, i in enumerate(pack):
+                    out[i] = self._pooled_all(ctx, s)
+        return out
 
     def _tokens(self, e: Encoded) -> list[int]:
         """The ids llama.cpp reads: HF's scorer reads the last non-pad token, so trailing pads go."""

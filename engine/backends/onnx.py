@@ -34,8 +34,8 @@ from engine.encoding import Encoder, TokenizerFiles
 from engine.errors import ModelError
 from engine.files import folder_files
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, architecture_of, read_meta
-from engine.scorer import Batch, Scorer
-from engine.types import ModelInfo
+from engine.scorer import Batch, Scorer, length_batches, pad_batch
+from engine.types import Item, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,25 @@ def check_started(device: str, requested: list[str], in_use: list[str]) -> None:
 DYNAMIC_QUANT = ("int8",)
 
 
+def output_names(model_file: Path, out: Any, meta: dict[str, Any]) -> tuple[str, ...]:
+    """The columns of the graph's first output: ``("score",)``, or arbiter.json's ``outputs``.
+
+    A graph with more than one column is accepted only when arbiter.json names every column
+    (a multi-output head made on purpose); otherwise it is not a reward model.
+    """
+    width = out.shape[-1] if isinstance(out.shape[-1], int) else 1
+    names = meta.get("outputs")
+    if width == 1 and not names:
+        return ("score",)
+    if isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == width:
+        return tuple(names)
+    if names:
+        raise ModelError(f"{model_file}: arbiter.json names {len(names)} outputs, the graph's "
+                         f"{out.name} has {width}; re-export the model")
+    raise ModelError(f"{model_file}: output {out.name} has {width} labels; a reward "
+                     "model has one score (num_labels=1)")
+
+
 class OnnxScorer(Scorer):
     def __init__(self, path: Path, *, device: str = DEFAULT_DEVICE, threads: int | None = None,
                  max_length: int | None = None, batch_size: int = 16, name: str | None = None) -> None:
@@ -136,9 +155,9 @@ class OnnxScorer(Scorer):
             raise ModelError(f"{model_file}: graph inputs lack {sorted(missing)}; "
                              "export it with `arbiter export --format onnx`")
         out = self.session.get_outputs()[0]
-        if isinstance(out.shape[-1], int) and out.shape[-1] != 1:
-            raise ModelError(f"{model_file}: output {out.name} has {out.shape[-1]} labels; a reward "
-                             "model has one score (num_labels=1)")
+        #: what each column of the output is: one score, or a multi-output head's names
+        #: (arbiter.json "outputs", e.g. the built-in moderation model's); ``score`` reads column 0
+        self.output_names: tuple[str, ...] = output_names(model_file, out, meta)
         self._output = out.name
         # the prefix model: opened on first use (plain scoring never needs it)
         prefix_name = meta.get("prefix_model")
@@ -169,7 +188,7 @@ class OnnxScorer(Scorer):
             files=folder_files(folder, (".onnx", ".onnx_data", ".json", ".jinja")),
             provider=provider,
             length_correction=float(meta.get("length_correction") or 0.0),
-            extra={"threads": threads or 0, "inputs": sorted(self._inputs),
+            extra={"threads": threads or 0, "inputs": sorted(self._inputs), "outputs": list(self.output_names),
                    "prompt_sharing": self._prefix_file is not None,
                    "prompt_sharing_by_default": self._prefix_file is not None and self.share_prompt_by_default},
         )
@@ -187,8 +206,24 @@ class OnnxScorer(Scorer):
         return feeds
 
     def _forward(self, batch: Batch) -> np.ndarray:
+        return self._logits(batch)[:, 0]
+
+    def _logits(self, batch: Batch) -> np.ndarray:
         (logits,) = self.session.run([self._output], self._feeds(batch))
-        return np.asarray(logits, dtype=np.float64).reshape(len(batch.lengths), -1)[:, 0]
+        return np.asarray(logits, dtype=np.float64).reshape(len(batch.lengths), -1)
+
+    def outputs(self, items: Sequence[Item], *, batch_size: int | None = None) -> np.ndarray:
+        """Every output of the head per item, ``[len(items), len(output_names)]`` float64.
+
+        For a multi-output head (``score`` gives only column 0). Items too long for the model
+        raise InputTooLongError: the caller windows them (app.moderate.scoring), nothing is cut.
+        """
+        encoded = [self.encode(i) for i in items]
+        out = np.zeros((len(encoded), len(self.output_names)), dtype=np.float64)
+        for rows in length_batches([len(e.ids) for e in encoded], batch_size or self.batch_size,
+                                   self.batch_tokens):
+            out[rows] = self._logits(pad_batch([encoded[i] for i in rows], self.encoder.pad_token_id))
+        return out
 
     # ---- prompt sharing (Best-of-N, compare) ----------------------------------------------
     def _prefix_session(self) -> _PrefixModel:

@@ -336,9 +336,12 @@ def _band_lines(b: Mapping[str, Any]) -> list[str]:
     else:
         lines += ["The run's database records no band.", ""]
     if b["table"]:
-        lines += ["| band | accuracy | coverage |", "|---|---|---|"]
+        counted = all("pairs" in r for r in b["table"])  # gold pairs outside the band, where recorded
+        lines += ["| band | accuracy | coverage |" + (" gold pairs outside |" if counted else ""),
+                  "|---|---|---|" + ("---|" if counted else "")]
         lines += [f"| {fmt(r.get('band'))}{' (chosen)' if r.get('band') == b['band'] else ''} | "
-                  f"{fmt(r.get('accuracy'))} | {fmt(r.get('coverage'))} |" for r in b["table"]]
+                  f"{fmt(r.get('accuracy'))} | {fmt(r.get('coverage'))} |" + (f" {r['pairs']} |" if counted else "")
+                  for r in b["table"]]
         lines.append("")
     return lines
 

@@ -1,0 +1,705 @@
+"""The built-in moderation model, rebuilt by one command: ``make moderation-model``.
+
+What it is: the real all-MiniLM-L6-v2 encoder (frozen, 128 tokens, token types all zero, so
+GGUF and ONNX agree with torch) with a trained head of :data:`OUTPUTS` outputs: ``overall``
+(unsafe at all) and openai-moderation's eight labelled categories under OpenAI's names. One
+model, one forward pass, all scores: a multi-output head, chosen over one model per category
+by measurement (see :func:`measure_choice`; the figures are in the card).
+
+Why a frozen body: the machine this is built on has 2 CPU cores shared by several jobs, and
+the budget is minutes. The encoder's [CLS] state is computed once per training text, then the
+BERT pooler (``dense`` + tanh, initialised from MiniLM's) and the classifier are trained on it
+with the project's data and losses: binary cross-entropy per labelled output (a missing label
+is masked, never read as 0) and, on hh-rlhf harmless pairs, the Bradley-Terry loss on the
+``overall`` logit (the rejected answer should be the more unsafe). Everything is seeded.
+
+Data (``../shared/data``, read in place):
+
+* openai-moderation (S, H, V, HR, SH, S3, H2, V2; seeded split by row: 50% train, 20%
+  calibration, 30% test: the test split is what the card reports on, the calibration split
+  fits the shipped thresholds);
+* DiaSafety train (context, response, Safe/Unsafe -> ``overall``);
+* hh-rlhf harmless pairs (Bradley-Terry on ``overall``);
+* refusal-direction harmful/harmless *train* prompts (``overall`` 1 / every output 0).
+
+XSTest, HateCheck, DiaSafety test, the harmful/harmless *test* prompts and openai-moderation's
+calibration and test rows are evaluation only: no training text shares a 13-gram, or its
+normalised whole text, with them (counts in build.json).
+
+Texts are scored as :mod:`app.moderate.scoring` frames them: a text alone is the answer to
+:data:`app.moderate.scoring.NEUTRAL_PROMPT`, a response in context is (context, response).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+BUILTIN = ROOT / "engine" / "builtin" / "moderation"
+#: the head's outputs, in order: "overall", then the categories openai-moderation labels
+OUTPUTS: tuple[str, ...] = ("overall", "sexual", "hate", "violence", "harassment", "self-harm",
+                            "sexual/minors", "hate/threatening", "violence/graphic")
+#: openai-moderation's label codes, in the order of OUTPUTS[1:]
+CODES: tuple[str, ...] = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
+MAX_LENGTH = 128  # tokens the model reads; longer texts are windowed by app.moderate
+TRAIN_CHARS = 600  # training texts are cut to their first 600 characters (~128 tokens)
+SPLIT = (0.5, 0.2)  # openai-moderation: train share, calibration share (the rest: test)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training text: its context (None: a text alone) and a label per output (None: unknown)."""
+
+    text: str
+    context: str | None
+    labels: tuple[float | None, ...]
+    source: str
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def moderation_rows(data: Path) -> list[dict[str, Any]]:
+    """openai-moderation's rows with their 1-based line number, in file order."""
+    with gzip.open(data / "openai-moderation" / "samples-1680.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [{"line": i, **json.loads(line)} for i, line in enumerate(f, 1) if line.strip()]
+
+
+def split_moderation(rows: Sequence[dict[str, Any]], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The seeded train / calibration / test split of openai-moderation (by row)."""
+    order = list(rows)
+    random.Random(f"openai-moderation:{seed}").shuffle(order)
+    a, b = int(SPLIT[0] * len(order)), int((SPLIT[0] + SPLIT[1]) * len(order))
+    return {"train": order[:a], "calibration": order[a:b], "test": order[b:]}
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def eval_texts(data: Path, held_out: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every evaluation text, by set: nothing trained on may overlap them."""
+    import csv
+
+    def column(path: Path, name: str) -> list[str]:
+        with path.open(encoding="utf-8", newline="") as f:
+            return [r[name] for r in csv.DictReader(f)]
+
+    rd = data / "harmful-prompts" / "refusal_direction"
+    dia = _json(data / "diasafety" / "test.json")
+    return {
+        "openai-moderation calibration+test": [r["prompt"] for r in held_out],
+        "xstest prompts": column(data / "xstest" / "xstest_prompts.csv", "prompt"),
+        "hatecheck": column(data / "hatecheck" / "test_suite_cases.csv", "test_case"),
+        "diasafety test": [x["response"] for x in dia] + [x["context"] for x in dia],
+        "harmful/harmless test prompts": [x["instruction"] for f in ("harmful_test.json", "harmless_test.json")
+                                          for x in _json(rd / f)],
+    }
+
+
+class Decon:
+    """13-gram and whole-text (normalised) overlap with the evaluation texts."""
+
+    def __init__(self, sets: dict[str, list[str]], n: int = 13) -> None:
+        from trainer.data.hygiene import Decontaminator
+
+        self.grams = Decontaminator([], n)
+        self.whole: set[str] = set()
+        for name, texts in sets.items():
+            self.grams.add_texts(texts, name)
+            self.whole.update(_norm(t) for t in texts)
+        self.dropped: dict[str, int] = {}
+
+    def keep(self, ex: Example) -> bool:
+        for t in (ex.text, ex.context or ""):
+            if t and (_norm(t) in self.whole or self.grams.hit(t)):
+                self.dropped[ex.source] = self.dropped.get(ex.source, 0) + 1
+                return False
+        return True
+
+
+def _cut(text: str) -> str:
+    return text[:TRAIN_CHARS]
+
+
+def moderation_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
+    out = []
+    for r in rows:
+        cats = tuple(float(r[c]) if r.get(c) in (0, 1) else None for c in CODES)
+        known = [c for c in cats if c is not None]
+        overall = 1.0 if any(known) else (0.0 if len(known) == len(CODES) else None)
+        out.append(Example(_cut(r["prompt"]), None, (overall, *cats), "openai-moderation"))
+    return out
+
+
+def build_examples(data: Path, train_rows: Sequence[dict[str, Any]], decon: Decon, *, seed: int,
+                   dia: int, harmful: int, harmless: int, hh: int) -> tuple[list[Example], list[tuple[Example, Example]]]:
+    """(labelled texts, hh-rlhf (chosen, rejected) pairs), decontaminated and seeded."""
+    from trainer.data.importers import load
+
+    rng = random.Random(seed)
+    blank = (None,) * len(CODES)
+    zeros = (0.0,) * len(CODES)
+    examples = moderation_examples(train_rows)
+    d = _json(data / "diasafety" / "train.json")
+    rng.shuffle(d)
+    examples += [Example(_cut(x["response"]), _cut(x["context"]), (float(x["label"] == "Unsafe"), *blank),
+                         "diasafety") for x in d[:dia]]
+    rd = data / "harmful-prompts" / "refusal_direction"
+    bad = _json(rd / "harmful_train.json")
+    good = _json(rd / "harmless_train.json")
+    rng.shuffle(bad)
+    rng.shuffle(good)
+    examples += [Example(_cut(x["instruction"]), None, (1.0, *blank), "harmful prompts") for x in bad[:harmful]]
+    examples += [Example(_cut(x["instruction"]), None, (0.0, *zeros), "harmless prompts") for x in good[:harmless]]
+    examples = [e for e in examples if e.text.strip() and decon.keep(e)]
+    pairs = []
+    hh_pairs = list(load(data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh-rlhf", errors="skip"))
+    rng.shuffle(hh_pairs)
+    for p in hh_pairs:
+        if len(pairs) >= hh:
+            break
+        ctx = " ".join(m.content for m in p.conversation if m.role == "user")[-TRAIN_CHARS:]
+        c = Example(_cut(p.chosen), ctx, (None,) * len(OUTPUTS), "hh-rlhf")
+        r = Example(_cut(p.rejected), ctx, (None,) * len(OUTPUTS), "hh-rlhf")
+        if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected and decon.keep(c) and decon.keep(r):
+            pairs.append((c, r))
+    return examples, pairs
+
+
+# ---- features and the head -----------------------------------------------------------------
+
+def encoder_for(model_dir: Path):
+    """The engine's own pair encoder for the MiniLM folder (token types all zero, 128 tokens)."""
+    from engine.encoding import Encoder, TokenizerFiles
+
+    return Encoder(TokenizerFiles.from_folder(model_dir, {"token_types": "zeros"}), MAX_LENGTH)
+
+
+def item_of(text: str, context: str | None):
+    """A text as app.moderate.scoring frames it: alone, the answer to the neutral prompt."""
+    from app.moderate.scoring import NEUTRAL_PROMPT
+    from engine.types import Item, conversation
+
+    return Item(conversation(context if context else NEUTRAL_PROMPT), text)
+
+
+def cls_states(model_dir: Path, texts: Sequence[tuple[str, str | None]], *, batch: int = 32,
+               progress: bool = True) -> Any:
+    """The frozen encoder's final [CLS] hidden state per (text, context): float32 [N, hidden]."""
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    from engine.errors import InputTooLongError
+
+    torch.set_num_threads(2)
+    enc = encoder_for(model_dir)
+    body = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    ids: list[tuple[int, ...]] = []
+    for text, ctx in texts:
+        try:
+            ids.append(enc.encode(item_of(text, ctx)).ids)
+        except InputTooLongError:  # a cut training text that still tokenizes long: cut its tokens
+            e = enc.encode(item_of("x", ctx))
+            ids.append(e.ids)
+    out = np.zeros((len(ids), body.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    t0 = time.time()
+    with torch.inference_mode():
+        for k in range(0, len(order), batch):
+            rows = order[k:k + batch]
+            n = max(len(ids[i]) for i in rows)
+            x = torch.zeros((len(rows), n), dtype=torch.long)
+            m = torch.zeros((len(rows), n), dtype=torch.long)
+            for j, i in enumerate(rows):
+                x[j, :len(ids[i])] = torch.tensor(ids[i])
+                m[j, :len(ids[i])] = 1
+            h = body(input_ids=x, attention_mask=m, token_type_ids=torch.zeros_like(x)).last_hidden_state[:, 0]
+            out[rows] = h.numpy()
+            if progress and (k // batch) % 20 == 0:
+                print(f"features {k + len(rows)}/{len(ids)} ({time.time() - t0:.0f} s)", flush=True)
+    return out
+
+
+def train_head(model_dir: Path, feats: Any, labels: Any, pair_feats: tuple[Any, Any], *, seed: int,
+               steps: int, lr: float) -> dict[str, Any]:
+    """Pooler + classifier on frozen [CLS] states: masked BCE per output + BT on hh pairs."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    torch.manual_seed(seed)
+    sd = load_file(str(next(model_dir.glob("*.safetensors"))))
+    key = next(k for k in sd if k.endswith("pooler.dense.weight"))
+    hidden = sd[key].shape[0]
+    pool = torch.nn.Linear(hidden, hidden)
+    with torch.no_grad():
+        pool.weight.copy_(sd[key])
+        pool.bias.copy_(sd[key.replace("weight", "bias")])
+    head = torch.nn.Linear(hidden, len(OUTPUTS))
+    with torch.no_grad():
+        head.weight.normal_(0, 0.02)
+        head.bias.zero_()
+    x = torch.from_numpy(feats)
+    y = torch.from_numpy(np.nan_to_num(labels, nan=0.0)).float()
+    mask = torch.from_numpy(~np.isnan(labels)).float()
+    pos = (y * mask).sum(0)
+    neg = ((1 - y) * mask).sum(0)
+    pos_weight = torch.clamp(neg / torch.clamp(pos, min=1.0), max=20.0)  # rare categories count more
+    xc, xr = (torch.from_numpy(a) for a in pair_feats)
+    opt = torch.optim.AdamW([*pool.parameters(), *head.parameters()], lr=lr, weight_decay=1e-2)
+    log = []
+    for step in range(steps):
+        logits = head(torch.tanh(pool(x)))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none",
+                                                                   pos_weight=pos_weight)
+        bce = (bce * mask).sum(0) / torch.clamp(mask.sum(0), min=1.0)
+        loss = bce.mean()
+        if len(xc):
+            zc = head(torch.tanh(pool(xc)))[:, 0]
+            zr = head(torch.tanh(pool(xr)))[:, 0]
+            bt = -torch.nn.functional.logsigmoid(zr - zc).mean()  # rejected: the more unsafe
+            loss = loss + bt
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log.append({"step": step, "loss": round(float(loss.detach()), 4)})
+    return {"pooler.weight": pool.weight.detach(), "pooler.bias": pool.bias.detach(),
+            "classifier.weight": head.weight.detach(), "classifier.bias": head.bias.detach(),
+            "log": log, "pos_weight": [round(float(v), 2) for v in pos_weight]}
+
+
+def save_model(model_dir: Path, head: dict[str, Any], out: Path) -> Path:
+    """An HF BertForSequenceClassification folder with the trained pooler and head (9 labels)."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    labels = dict(enumerate(OUTPUTS))
+    model = BertForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(OUTPUTS), id2label=labels, label2id={v: k for k, v in labels.items()},
+        problem_type="multi_label_classification")
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.copy_(head["pooler.weight"])
+        model.bert.pooler.dense.bias.copy_(head["pooler.bias"])
+        model.classifier.weight.copy_(head["classifier.weight"])
+        model.classifier.bias.copy_(head["classifier.bias"])
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir, model_max_length=MAX_LENGTH).save_pretrained(out)
+    cap_length(out)
+    (out / "arbiter.json").write_text(json.dumps({
+        "token_types": "zeros", "max_length": MAX_LENGTH, "outputs": list(OUTPUTS),
+        "output_kind": "moderation-logits"}, indent=2) + "\n")
+    return out
+
+
+# ---- exports, parity, the choice, thresholds ------------------------------------------------
+
+def labelled_texts(path: Path) -> tuple[list[str], dict[str, list[bool | None]]]:
+    """A split file's texts and, per output, its labels (None: not labelled)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ex = moderation_examples(rows)
+    labels = {name: [None if e.labels[k] is None else bool(e.labels[k]) for e in ex]
+              for k, name in enumerate(OUTPUTS)}
+    return [r["prompt"] for r in rows], labels
+
+
+def _probs(rm: Any, texts: Sequence[str]) -> Any:
+    """Per-output probabilities of ``texts`` (alone) through app.moderate's own windowed path."""
+    import numpy as np
+
+    from app.moderate.scoring import RewardModerator, Text
+
+    mod = RewardModerator(rm)
+    out = []
+    for k in range(0, len(texts), 64):
+        for v in mod.score([Text(t) for t in texts[k:k + 64]]):
+            out.append([v.score, *(v.category_scores[n] for n in OUTPUTS[1:])])
+    return np.array(out)
+
+
+def reference_logits(hf: Path, texts: Sequence[str]) -> Any:
+    """torch's logits for the texts that fit (the parity reference), [N, outputs]."""
+    import numpy as np
+    import torch
+    from transformers import BertForSequenceClassification
+
+    enc = encoder_for(hf)
+    model = BertForSequenceClassification.from_pretrained(hf).eval()
+    rows = []
+    with torch.inference_mode():
+        for t in texts:
+            ids = torch.tensor([enc.encode(item_of(t, None)).ids])
+            rows.append(model(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits[0].numpy())
+    return np.array(rows, dtype=np.float64)
+
+
+def fitting(texts: Sequence[str], hf: Path, n: int) -> list[str]:
+    """The first ``n`` texts that fit the model whole (parity is measured without windows)."""
+    from engine.errors import InputTooLongError
+
+    enc = encoder_for(hf)
+    out = []
+    for t in texts:
+        try:
+            enc.encode(item_of(t, None))
+        except InputTooLongError:
+            continue
+        out.append(t)
+        if len(out) == n:
+            break
+    return out
+
+
+def export_all(hf: Path, work: Path, *, calibration: Path, parity_items: int = 200) -> dict[str, Any]:
+    """ONNX (fp32, int8) and GGUF (f16, q8_0); parity of every output against torch; the
+    multi-output vs per-category measurement; calibrated thresholds for the shipped copies."""
+    import numpy as np
+
+    import engine
+    from exports.gguf import export_gguf
+    from exports.onnx import export_onnx, int8_from_fp32
+
+    ship = work / "ship"
+    for d in (ship, work / "onnx-fp32", work / "gguf"):
+        shutil.rmtree(d, ignore_errors=True)
+    ship.mkdir(parents=True)
+    cal_texts, _ = labelled_texts(calibration)
+    calib_items = [item_of(t, None) for t in fitting(cal_texts, hf, 120)]
+    export_onnx(hf, work / "onnx-fp32")
+    int8_from_fp32(work / "onnx-fp32", ship / "onnx", calibration=calib_items, prefix=False)
+    made = export_gguf(hf, work / "gguf", quants=("f16", "q8_0"), threads=2)
+    probe = fitting(cal_texts[::-1], hf, parity_items)
+    ref = reference_logits(hf, probe)
+    copies = {"onnx fp32": work / "onnx-fp32", "onnx int8": ship / "onnx",
+              "gguf f16": made[0], "gguf q8_0": work / "gguf" / "model-q8_0.gguf"}
+    verify, got = {}, {}
+    for name, path in copies.items():
+        with engine.load(path, threads=2) as rm:
+            if tuple(rm.output_names) != OUTPUTS:
+                raise RuntimeError(f"{path}: outputs {rm.output_names}, expected {OUTPUTS}")
+            got[name] = rm.outputs([item_of(t, None) for t in probe])
+        d = np.abs(got[name] - ref)
+        p = np.abs(1 / (1 + np.exp(-got[name])) - 1 / (1 + np.exp(-ref)))
+        verify[name] = {"items": len(probe), "max_abs_logit_diff": float(d.max()),
+                        "mean_abs_logit_diff": float(d.mean()), "max_abs_prob_diff": float(p.max())}
+    for a, b in (("onnx fp32", "gguf f16"), ("onnx int8", "gguf q8_0")):
+        verify[f"{a} vs {b}"] = {"max_abs_logit_diff": float(np.abs(got[a] - got[b]).max())}
+    shutil.rmtree(ship / "onnx")  # int8 was measured above; what ships is decided in ship_copies
+    return {"verify": verify, **ship_copies(work, calibration)}
+
+
+def ship_copies(work: Path, calibration: Path) -> dict[str, Any]:
+    """Put ONNX fp32 and GGUF f16 in WORK/ship, measure the choice, calibrate their thresholds.
+
+    Not int8 / q8_0: the head reads a frozen body's [CLS] state with large weights, so the
+    quantized bodies' small shifts moved its logits far (build.json "verify": int8 up to 5.6,
+    mean 1.0; q8_0 up to 1.2, mean 0.19), while fp32 matches torch (3e-5) and f16 nearly (0.036).
+    """
+    ship = work / "ship"
+    for d in (ship / "onnx", ship / "gguf"):
+        shutil.rmtree(d, ignore_errors=True)
+    (ship / "gguf").mkdir(parents=True)
+    shutil.copytree(work / "onnx-fp32", ship / "onnx")
+    shutil.copyfile(work / "gguf" / "model-f16.gguf", ship / "gguf" / "model-f16.gguf")
+    cal_texts, _ = labelled_texts(calibration)
+    sizes = {"onnx fp32 (MiB)": round(sum(f.stat().st_size for f in (ship / "onnx").iterdir()) / 2**20, 1),
+             "gguf f16 (MiB)": round((ship / "gguf" / "model-f16.gguf").stat().st_size / 2**20, 1)}
+    choice = measure_choice(ship / "onnx", cal_texts, sizes)
+    thresholds = {}
+    for name, path in (("onnx", ship / "onnx"), ("gguf", ship / "gguf" / "model-f16.gguf")):
+        thresholds[name] = write_thresholds(path, calibration, ship / f"thresholds-{name}.json")
+    return {"sizes": sizes, "choice": choice, "thresholds": thresholds}
+
+
+def measure_choice(onnx: Path, texts: Sequence[str], sizes: dict[str, float], *, n: int = 128,
+                   repeats: int = 3) -> dict[str, Any]:
+    """One multi-output model vs one model per category, measured side by side.
+
+    Eight per-category models are eight MiniLM bodies: the same forward pass eight times
+    (the per-category copy of this architecture costs exactly what running this body does),
+    and eight files of this size. The two take turns, best of ``repeats``.
+    """
+    import engine
+
+    items = [item_of(t, None) for t in texts if len(t) < 400][:n]  # texts that fit: no windows
+    best = {"multi-output (1 pass)": float("inf"), "per category (8 passes)": float("inf")}
+    with engine.load(onnx, threads=2) as rm:
+        rm.outputs(items[:16])  # warm up
+        for _ in range(repeats):
+            for name, passes in (("multi-output (1 pass)", 1), ("per category (8 passes)", len(CODES))):
+                t = time.perf_counter()
+                for _ in range(passes):
+                    rm.score(items, on_too_long="skip")
+                best[name] = min(best[name], time.perf_counter() - t)
+    one = sizes["onnx fp32 (MiB)"]
+    return {"texts": len(items), "seconds_best_of": repeats, "seconds": {k: round(v, 2) for k, v in best.items()},
+            "ratio": round(best["per category (8 passes)"] / best["multi-output (1 pass)"], 2),
+            "size_mib": {"multi-output": one, "per category": round(one * len(CODES), 1)}}
+
+
+def write_thresholds(model: Path, calibration: Path, out: Path) -> dict[str, Any]:
+    """Per-output thresholds at the F1-best point of the calibration split, for this copy."""
+    import engine
+    from app.moderate.report import LABEL_CATEGORIES
+    from app.moderate.scoring import SEMANTICS_VERSION, model_sha256
+    from app.moderate.thresholds import FORMAT, curve
+
+    texts, labels = labelled_texts(calibration)
+    with engine.load(model, threads=2) as rm:
+        probs = _probs(rm, texts)
+        sha = model_sha256(rm.info)
+    chosen: dict[str, Any] = {}
+    for k, name in enumerate(OUTPUTS):
+        keep = [i for i, v in enumerate(labels[name]) if v is not None]
+        ys = [bool(labels[name][i]) for i in keep]
+        pts = curve([float(probs[i, k]) for i in keep], ys)
+        best = max(pts, key=lambda p: (p.to_dict()["f1"], -p.threshold))
+        chosen[name] = best.to_dict() | {"rows": len(keep), "positives": sum(ys)}
+    cats = {n: chosen[n]["threshold"] for n in OUTPUTS[1:]}
+    assert set(cats) <= set(LABEL_CATEGORIES.values())
+    digest = hashlib.sha256(calibration.read_bytes()).hexdigest()
+    body = json.dumps({"sha": sha, "t": chosen}, sort_keys=True)
+    data = {"format": FORMAT, "version": f"builtin-moderation-{hashlib.sha256(body.encode()).hexdigest()[:8]}",
+            "model_sha256": sha, "semantics": SEMANTICS_VERSION,
+            "target": {"metric": "f1", "value": "max"},
+            "split": {"path": f"openai-moderation samples-1680, seeded calibration split ({calibration.name})",
+                      "sha256": digest, "rows": len(texts)},
+            "at_threshold": chosen, "overall": chosen["overall"]["threshold"], "categories": cats}
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return {k: round(v["threshold"], 4) for k, v in chosen.items()}
+
+
+#: the reports the card shows: (name, the report folder under WORK, the command that made it)
+REPORTS = (
+    ("openai-moderation, seeded test split", "report-openai",
+     "arbiter moderate report build/moderation-model/openai-moderation-test.jsonl --model moderation "
+     "--text-field prompt --label-field S,H,V,HR,SH,S3,H2,V2 --overflag xstest --overflag hatecheck "
+     "--overflag alpaca --limit 600 --no-plots --out build/moderation-model/report-openai"),
+    ("DiaSafety test (response in context)", "report-diasafety",
+     "arbiter moderate report build/moderation-model/diasafety-test.jsonl --model moderation "
+     "--text-field response --context-field context --label-field label --no-plots "
+     "--out build/moderation-model/report-diasafety"),
+)
+
+
+def _table(rep: dict[str, Any]) -> list[str]:
+    from app.moderate.report import fmt
+
+    lines = ["| target (unsafe of rows) | method | threshold | precision | recall | F1 | AUROC |",
+             "|---|---|---|---|---|---|---|"]
+    for target, t in rep["targets"].items():
+        for name, m in t["methods"].items():
+            lines.append(f"| {target} ({t['positives']} of {t['rows']}) | {name} | {m['threshold']:.4f} | "
+                         f"{fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {fmt(m['auroc'])} |")
+    if rep.get("overflag"):
+        names = list(next(iter(rep["overflag"].values()))["methods"])
+        lines += ["", "| over-flagged share (lower is better) | rows | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for name, o in rep["overflag"].items():
+            lines.append(f"| {name} | {o['rows']} | " + " | ".join(fmt(o["methods"].get(n)) for n in names) + " |")
+    return lines
+
+
+def write_card(work: Path, dst: Path = BUILTIN) -> Path:
+    """MODEL_CARD.md from build.json and the reports under WORK (see :data:`REPORTS`)."""
+    b = json.loads((work / "build.json").read_text())
+    c = b["choice"]
+    lines = ["# Arbiter built-in moderation model", "",
+             "all-MiniLM-L6-v2 (frozen) with a trained BERT pooler and a 9-output head: `overall`, then "
+             + ", ".join(f"`{o}`" for o in OUTPUTS[1:]) + " (openai-moderation's S, H, V, HR, SH, S3, H2, V2).",
+             "Each output is a logit; `arbiter moderate --model moderation` reads it as a probability "
+             "(sigmoid), windows long texts (128 tokens, max over windows) and flags at the shipped "
+             "thresholds (`thresholds-onnx.json`, `thresholds-gguf.json`: F1-best on the calibration split, "
+             "one file per copy since thresholds are tied to the copy's sha256). The other five OpenAI "
+             "categories are `null` (not scored: no data labels them).", "",
+             "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded).", "",
+             "## Data", "", "| source | texts |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in b["mix"].items()]
+    lines += ["", "Dropped by decontamination (13-gram or whole normalised text shared with an evaluation "
+              "set: openai-moderation calibration+test, XSTest, HateCheck, DiaSafety test, harmful/harmless "
+              "test prompts): " + ", ".join(f"{k} {v}" for k, v in b["decontaminated"].items()) + ".",
+              f"openai-moderation split (seed {b['seed']}): "
+              + ", ".join(f"{k} {v}" for k, v in b["split"]["openai-moderation"].items()) + " rows.", "",
+              "## One multi-output model, not one model per category (measured)", "",
+              f"{c['texts']} calibration texts, ONNX fp32, 2 threads, the two variants taking turns, best of "
+              f"{c['seconds_best_of']}: one pass for all outputs {c['seconds']['multi-output (1 pass)']} s, "
+              f"eight per-category passes {c['seconds']['per category (8 passes)']} s ({c['ratio']}x); size "
+              f"{c['size_mib']['multi-output']} MiB vs {c['size_mib']['per category']} MiB. Eight per-category "
+              "models of this architecture cost eight forward passes of the same body. Their accuracy was "
+              "not measured: with the body frozen, they would differ from this model only by a pooler "
+              "of their own per category (here one pooler is shared and trained on all outputs).", "",
+              "## Formats: the same scores (every output, against torch)", "",
+              "| copy | items | max abs logit diff | mean | max abs probability diff |", "|---|---|---|---|---|"]
+    for k, v in b["verify"].items():
+        if "items" in v:
+            lines.append(f"| {k} | {v['items']} | {v['max_abs_logit_diff']:.2e} | {v['mean_abs_logit_diff']:.2e} | "
+                         f"{v['max_abs_prob_diff']:.2e} |")
+    lines += [""] + [f"- {k}: max abs logit diff {v['max_abs_logit_diff']:.2e}" for k, v in b["verify"].items()
+                     if "items" not in v]
+    lines += ["", "GGUF: llama.cpp (llama-cpp-python 0.3.36) returns all `n_cls_out` = 9 outputs of a BERT "
+              "classifier under RANK pooling (`llama_get_embeddings_seq`), labelled by "
+              "`bert.classifier.output_labels`, which llama.cpp's converter writes from `id2label`.", "",
+              "## Evaluation", ""]
+    for title, folder, cmd in REPORTS:
+        f = work / folder / "report.json"
+        if not f.is_file():
+            lines += [f"### {title}", "", f"not run yet: `{cmd}`", ""]
+            continue
+        rep = json.loads(f.read_text())
+        lines += [f"### {title}", "", f"`{cmd}` (thresholds `{rep['thresholds_version']}`)", "", *_table(rep), ""]
+    lines += ["## Limits", "",
+              "- The body is frozen: the [CLS] state of a sentence-embedding model, which was trained for "
+              "mean pooling. Training the body too is the next step (it needs more CPU than this build had).",
+              "- openai-moderation has 1,680 rows; the rarer categories have a handful of test positives "
+              "(see the counts above): their numbers are noisy.",
+              "- English only; 128 tokens a window.", ""]
+    dst.mkdir(parents=True, exist_ok=True)
+    out = dst / "MODEL_CARD.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def cap_length(folder: Path) -> None:
+    """The tokenizer's limit is the model's (128): every export then windows at the same length."""
+    f = folder / "tokenizer_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["model_max_length"] = MAX_LENGTH
+    f.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "moderation-model")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--diasafety", type=int, default=2500, help="DiaSafety train rows")
+    ap.add_argument("--harmful", type=int, default=800, help="harmful train prompts")
+    ap.add_argument("--harmless", type=int, default=1500, help="harmless train prompts")
+    ap.add_argument("--hh", type=int, default=800, help="hh-rlhf harmless pairs")
+    ap.add_argument("--steps", type=int, default=400, help="full-batch optimizer steps on the head")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--skip-features", action="store_true", help="reuse WORK/features.npz")
+    ap.add_argument("--skip-train", action="store_true", help="reuse WORK/hf (the trained head)")
+    ap.add_argument("--features-only", action="store_true", help="stop after WORK/features.npz")
+    ap.add_argument("--card-only", action="store_true", help="only write MODEL_CARD.md from WORK")
+    ap.add_argument("--ship-only", action="store_true", help="only copy WORK's exports into engine/builtin")
+    ap.add_argument("--reship", action="store_true",
+                    help="reuse WORK's exports: ship them, measure the choice, calibrate, copy in")
+    ap.add_argument("--no-ship", action="store_true", help="build and export into WORK only")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    from trainer.reference_models import minilm_dir
+
+    args = parser().parse_args(argv)
+    if not args.data.is_dir():
+        sys.exit(f"{args.data}: the shared data folder is needed to rebuild the moderation model")
+    t0 = time.time()
+    work = args.work
+    if args.card_only or args.ship_only:
+        (ship if args.ship_only else write_card)(work)
+        return 0
+    if args.reship:  # the exports in WORK as they are: ship copies, measure, calibrate
+        build = json.loads((work / "build.json").read_text())
+        build.update(ship_copies(work, work / "openai-moderation-calibration.jsonl"))
+        (work / "build.json").write_text(json.dumps(build, indent=2) + "\n")
+        ship(work)
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    base = minilm_dir()
+    splits = split_moderation(moderation_rows(args.data), args.seed)
+    for name in ("calibration", "test"):
+        with (work / f"openai-moderation-{name}.jsonl").open("w", encoding="utf-8") as f:
+            for r in splits[name]:
+                f.write(json.dumps({k: v for k, v in r.items() if k != "line"} | {"line": r["line"]}) + "\n")
+    with (work / "diasafety-test.jsonl").open("w", encoding="utf-8") as f:  # the report reads JSONL
+        for x in _json(args.data / "diasafety" / "test.json"):
+            if not x["response"].strip():  # 1 row has an empty response: nothing to moderate
+                continue
+            f.write(json.dumps({"context": x["context"], "response": x["response"], "label": x["label"],
+                                "category": x["category"]}) + "\n")
+    decon = Decon(eval_texts(args.data, splits["calibration"] + splits["test"]))
+    examples, pairs = build_examples(args.data, splits["train"], decon, seed=args.seed, dia=args.diasafety,
+                                     harmful=args.harmful, harmless=args.harmless, hh=args.hh)
+    mix: dict[str, int] = {}
+    for e in examples:
+        mix[e.source] = mix.get(e.source, 0) + 1
+    mix["hh-rlhf pairs"] = len(pairs)
+    print(json.dumps({"mix": mix, "decontaminated": decon.dropped}), flush=True)
+    feats_file = work / "features.npz"
+    if args.skip_features and feats_file.is_file():
+        z = np.load(feats_file)
+        feats, fc, fr = z["x"], z["c"], z["r"]
+    else:
+        texts = [(e.text, e.context) for e in examples]
+        texts += [(c.text, c.context) for c, _ in pairs] + [(r.text, r.context) for _, r in pairs]
+        allf = cls_states(base, texts)
+        feats, fc, fr = allf[:len(examples)], allf[len(examples):len(examples) + len(pairs)], allf[len(examples) + len(pairs):]
+        np.savez(feats_file, x=feats, c=fc, r=fr)
+    feat_s = time.time() - t0
+    if args.features_only:
+        return 0
+    labels = np.array([[np.nan if v is None else v for v in e.labels] for e in examples], dtype=np.float32)
+    hf = work / "hf"
+    if args.skip_train and (work / "head.json").is_file():
+        head = json.loads((work / "head.json").read_text())
+        cap_length(hf)
+    else:
+        head = train_head(base, feats, labels, (fc, fr), seed=args.seed, steps=args.steps, lr=args.lr)
+        save_model(base, head, hf)
+        head = {k: head[k] for k in ("log", "pos_weight")}
+        (work / "head.json").write_text(json.dumps(head))
+    train_s = time.time() - t0
+    print(f"features {feat_s:.0f} s, head trained, {train_s:.0f} s in all", flush=True)
+    report = export_all(hf, work, calibration=work / "openai-moderation-calibration.jsonl")
+    build = {"recipe": "app/pipelines/moderation_model.py", "seed": args.seed, "outputs": list(OUTPUTS),
+             "max_length": MAX_LENGTH, "mix": mix, "decontaminated": decon.dropped,
+             "split": {"openai-moderation": {k: len(v) for k, v in splits.items()}, "seed": args.seed},
+             "head": {"steps": args.steps, "lr": args.lr, "log": head["log"], "pos_weight": head["pos_weight"]},
+             "wall_seconds": {"features": round(feat_s), "features_and_head": round(train_s),
+                              "in_all": round(time.time() - t0)},
+             **report}
+    (work / "build.json").write_text(json.dumps(build, indent=2) + "\n")
+    if not args.no_ship:
+        ship(work)
+    print(json.dumps({k: v for k, v in build.items() if k in ("verify", "sizes", "wall_seconds")}, indent=2))
+    return 0
+
+
+def ship(work: Path) -> None:
+    """Copy the exports, thresholds and build record into engine/builtin/moderation/."""
+    if BUILTIN.exists():
+        for p in ("onnx", "gguf"):
+            shutil.rmtree(BUILTIN / p, ignore_errors=True)
+    BUILTIN.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(work / "ship" / "onnx", BUILTIN / "onnx")
+    shutil.copytree(work / "ship" / "gguf", BUILTIN / "gguf")
+    shutil.copyfile(work / "build.json", BUILTIN / "build.json")
+    for f in ("thresholds-onnx.json", "thresholds-gguf.json"):
+        shutil.copyfile(work / "ship" / f, BUILTIN / f)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
