@@ -34,15 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--gold", required=True, help="human-labelled pairs: checkpoint selection and retrieval")
     s.add_argument("--silver", required=True, help="pairs the reward model is trained on")
     s.add_argument("--format", default="auto", help="input format of the three files (default: detect)")
-    s.add_argument("--judge", action="append", default=[], metavar="GGUF", help="a local GGUF chat model (repeat)")
-    s.add_argument("--judge-url", action="append", default=[], metavar="URL",
-                   help="an OpenAI-compatible endpoint (repeat; each with its --judge-model)")
-    s.add_argument("--judge-model", action="append", default=[], metavar="NAME",
-                   help="the model name for the --judge-url of the same position")
-    s.add_argument("--api-key-env", action="append", default=[], metavar="VAR",
-                   help="the environment variable holding the API key of the --judge-url of the same "
-                        "position (give one for all, or one each; never logged)")
-    s.add_argument("--concurrency", type=positive_int, default=4, help="pairs judged at once (default 4)")
+    add_judge_args(s)
     s.add_argument("--rounds", type=positive_int, required=True, help="rounds to run (a rerun continues)")
     s.add_argument("--out", required=True, help="the run folder (curation.db, calls.db, round-N/, silver.jsonl)")
     s.add_argument("--base", default=None, help="the reward model's base (default: all-MiniLM-L6-v2, installed)")
@@ -60,6 +52,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_stage1)
     register_report(stages)
     register_stage2(stages)
+
+
+def add_judge_args(s: argparse.ArgumentParser) -> None:
+    """The judge options stage 1 and stage 2 share: local GGUF judges and HTTP endpoints."""
+    s.add_argument("--judge", action="append", default=[], metavar="GGUF", help="a local GGUF chat model (repeat)")
+    s.add_argument("--judge-url", action="append", default=[], metavar="URL",
+                   help="an OpenAI-compatible endpoint (repeat; each with its --judge-model)")
+    s.add_argument("--judge-model", action="append", default=[], metavar="NAME",
+                   help="the model name for the --judge-url of the same position")
+    s.add_argument("--api-key-env", action="append", default=[], metavar="VAR",
+                   help="the environment variable holding the API key of the --judge-url of the same "
+                        "position (give one for all, or one each; never logged)")
+    s.add_argument("--concurrency", type=positive_int, default=4, help="pairs judged at once (default 4)")
 
 
 def _read_sets(args: argparse.Namespace) -> dict[str, list[Any]]:

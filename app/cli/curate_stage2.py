@@ -66,16 +66,10 @@ def _register_stage2(stages: argparse._SubParsersAction) -> None:
     s.add_argument("--band", default="auto", help="auto (measured on gold) or a number in [0, 0.5)")
     s.add_argument("--band-target", type=float, default=0.9,
                    help="auto: the current RM's gold accuracy outside the band to reach (default 0.9)")
-    s.add_argument("--judge", action="append", default=[], metavar="GGUF", help="a local GGUF chat model (repeat)")
-    s.add_argument("--judge-url", action="append", default=[], metavar="URL",
-                   help="an OpenAI-compatible endpoint (repeat; each with its --judge-model)")
-    s.add_argument("--judge-model", action="append", default=[], metavar="NAME",
-                   help="the model name for the --judge-url of the same position")
-    s.add_argument("--api-key-env", action="append", default=[], metavar="VAR",
-                   help="the variable holding the key of the --judge-url of the same position (one for all, "
-                        "or one each; never logged)")
+    from app.cli.curate import add_judge_args
+
+    add_judge_args(s)
     s.add_argument("--samples", type=positive_int, default=1, help="samples per judge, majority (default 1)")
-    s.add_argument("--concurrency", type=positive_int, default=4, help="pairs judged at once (default 4)")
     s.add_argument("--embedder", default=None,
                    help="an exported embedder folder for the judges' examples (default: all-MiniLM-L6-v2)")
     s.add_argument("--no-recycle", action="store_true", help="do not write discarded pairs flipped")

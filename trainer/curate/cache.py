@@ -21,10 +21,12 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.errors import InputError
 from trainer.curate.judges import Judge, PromptTooLong, Sampling, parse_answer
 
 #: how many answers one question may get before it is abstained (each with another seed)
@@ -155,3 +157,20 @@ class CachedJudge:
     def counters(self) -> dict[str, int]:
         return {"calls_made": self.calls_made, "cache_hits": self.cache_hits,
                 "schema_failures": self.schema_failures, "abstained": self.abstained}
+
+
+def cached_judges(judges: Sequence[Any], out: Path) -> list[CachedJudge]:
+    """Every judge behind the run's call cache ``OUT/calls.db`` (a ready :class:`CachedJudge`
+    keeps its own); names must differ, since votes are stored by judge name."""
+    cache: CallCache | None = None
+    wrapped = []
+    for j in judges:
+        if isinstance(j, CachedJudge):
+            wrapped.append(j)
+            continue
+        cache = cache or CallCache(out / "calls.db")
+        wrapped.append(CachedJudge(j, cache))
+    names = [j.name for j in wrapped]
+    if len(set(names)) != len(names):
+        raise InputError(f"judge names must differ (votes are stored by name): {', '.join(names)}", field="judge")
+    return wrapped

@@ -32,6 +32,7 @@ from typing import Any
 
 from engine.errors import InputError
 from engine.output import write_text
+from trainer.curate.cache import cached_judges
 from trainer.curate.runstore import RunStore
 from trainer.data.record import PreferencePair
 
@@ -155,7 +156,7 @@ def run_stage1(pool: Sequence[PreferencePair], gold: Sequence[PreferencePair], s
     except BaseException:
         store.close()
         raise
-    run = _Run(store=store, out=out, judges=_cached_judges(judges, out), base=_base(base),
+    run = _Run(store=store, out=out, judges=cached_judges(judges, out), base=_base(base),
                cfg=_train_config(train_config), embedder=embedder, embed_cache=EmbeddingCache(out / "embeddings.db"),
                samples=samples, human_share=human_share, overlap=overlap, seed=seed,
                log=progress or (lambda _: None), annotations=AnnotationStore(store.path),
@@ -177,23 +178,6 @@ def run_stage1(pool: Sequence[PreferencePair], gold: Sequence[PreferencePair], s
 
 
 # -- setup ------------------------------------------------------------------------------
-
-def _cached_judges(judges: Sequence[Any], out: Path) -> list[Any]:
-    from trainer.curate.cache import CachedJudge, CallCache
-
-    cache: CallCache | None = None
-    wrapped = []
-    for j in judges:
-        if isinstance(j, CachedJudge):
-            wrapped.append(j)
-            continue
-        cache = cache or CallCache(out / "calls.db")
-        wrapped.append(CachedJudge(j, cache))
-    names = [j.name for j in wrapped]
-    if len(set(names)) != len(names):
-        raise InputError(f"judge names must differ (votes are stored by name): {', '.join(names)}", field="judge")
-    return wrapped
-
 
 def _base(base: str | Path | None) -> Path:
     if base is not None:

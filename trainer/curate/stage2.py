@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError, ModelError
+from trainer.curate.cache import cached_judges
 from trainer.data.record import PreferencePair, decode_parquet_row, is_parquet, iter_rows
 
 #: what the log lines go to (the CLI prints them on stderr)
@@ -416,7 +417,7 @@ def run_stage2(cfg: Stage2Config, *, progress: Progress | None = None,
         if not fresh:
             totals = _check_shards(shards, store, log)
         _check_identity(cfg, store, shards)
-        judges = _cached_judges(cfg.judges, out)
+        judges = cached_judges(cfg.judges, out)
         todo = [s for s in shards if (store.shard(s.name) or {}).get("state") != "done"]
         if scored_chunks is None and todo:
             rms = _open_rms(cfg)
@@ -520,23 +521,6 @@ def _band(cfg: Stage2Config, store: Any, gold: Sequence[PreferencePair], current
         f"{'n/a' if choice.accuracy is None else f'{choice.accuracy:.3f}'}, coverage {choice.coverage:.3f}, "
         f"{len(ps)} gold pairs)")
     return choice
-
-
-def _cached_judges(judges: Sequence[Any], out: Path) -> list[Any]:
-    from trainer.curate.cache import CachedJudge, CallCache
-
-    cache: CallCache | None = None
-    wrapped = []
-    for j in judges:
-        if isinstance(j, CachedJudge):
-            wrapped.append(j)
-            continue
-        cache = cache or CallCache(out / "calls.db")
-        wrapped.append(CachedJudge(j, cache))
-    names = [j.name for j in wrapped]
-    if len(set(names)) != len(names):
-        raise InputError(f"judge names must differ (votes are stored by name): {', '.join(names)}", field="judge")
-    return wrapped
 
 
 def _counters(judges: Sequence[Any]) -> tuple[int, int]:
