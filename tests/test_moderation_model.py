@@ -18,7 +18,7 @@ import pytest
 import engine
 from app.moderate.categories import CATEGORIES
 from app.moderate.scoring import RewardModerator, Text, category_heads, model_sha256
-from app.pipelines.moderation_model import OUTPUTS, item_of
+from app.pipelines.moderation_model import HEAD_SEMANTICS, OUTPUTS, item_of
 from engine.errors import ModelError
 from engine.paths import builtin_dir
 from engine.types import Message
@@ -189,6 +189,7 @@ def test_arbiter_moderate_with_the_builtin_model_scores_categories_at_shipped_th
         sha = model_sha256(rm.info)
     shipped = json.loads((SHIPPED / "thresholds-onnx.json").read_text())
     assert shipped["model_sha256"] == sha
+    assert shipped["semantics"] == HEAD_SEMANTICS  # the head's probabilities, not the RM reading
     for r in rows:
         assert r["model_sha256"] == sha
         assert r["thresholds_version"] == shipped["version"]  # calibrated, not default-0.5

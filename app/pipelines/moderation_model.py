@@ -57,6 +57,9 @@ CODES: tuple[str, ...] = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
 MAX_LENGTH = 128  # tokens the model reads; longer texts are windowed by app.moderate
 TRAIN_CHARS = 600  # training texts are cut to their first 600 characters (~128 tokens)
 SPLIT = (0.5, 0.2)  # openai-moderation: train share, calibration share (the rest: test)
+#: what the shipped thresholds compare: the head's sigmoid probabilities, not a reward model's
+#: P(refusal better than text) (app.moderate.scoring.SEMANTICS_VERSION)
+HEAD_SEMANTICS = "moderation-head-sigmoid-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +462,7 @@ def write_thresholds(model: Path, calibration: Path, out: Path) -> dict[str, Any
     """Per-output thresholds at the F1-best point of the calibration split, for this copy."""
     import engine
     from app.moderate.report import LABEL_CATEGORIES
-    from app.moderate.scoring import SEMANTICS_VERSION, model_sha256
+    from app.moderate.scoring import model_sha256
     from app.moderate.thresholds import FORMAT, curve
 
     texts, labels = labelled_texts(calibration)
@@ -478,7 +481,7 @@ def write_thresholds(model: Path, calibration: Path, out: Path) -> dict[str, Any
     digest = hashlib.sha256(calibration.read_bytes()).hexdigest()
     body = json.dumps({"sha": sha, "t": chosen}, sort_keys=True)
     data = {"format": FORMAT, "version": f"builtin-moderation-{hashlib.sha256(body.encode()).hexdigest()[:8]}",
-            "model_sha256": sha, "semantics": SEMANTICS_VERSION,
+            "model_sha256": sha, "semantics": HEAD_SEMANTICS,
             "target": {"metric": "f1", "value": "max"},
             "split": {"path": f"openai-moderation samples-1680, seeded calibration split ({calibration.name})",
                       "sha256": digest, "rows": len(texts)},
