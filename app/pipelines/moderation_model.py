@@ -533,7 +533,9 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
              "thresholds (`thresholds-onnx.json`, `thresholds-gguf.json`: F1-best on the calibration split, "
              "one file per copy since thresholds are tied to the copy's sha256). The other five OpenAI "
              "categories are `null` (not scored: no data labels them).", "",
-             "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded).", "",
+             "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded). The weights "
+             "(`onnx/model.onnx`, `gguf/model-f16.gguf`, 133 MiB) are not kept in git: that command builds them "
+             "from `../shared/data`.", "",
              "## Data", "", "| source | texts |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in b["mix"].items()]
     lines += ["", "Dropped by decontamination (13-gram or whole normalised text shared with an evaluation "
