@@ -129,6 +129,45 @@ def test_a_multi_label_source_without_output_names_is_refused(tmp_path):
         check_source(src)
 
 
+@pytest.mark.slow
+def test_calibrate_fits_a_threshold_per_category_and_names_the_head_semantics(multi, tmp_path, monkeypatch):
+    """`arbiter moderate calibrate` on a multi-output head: overall and every labelled category
+    get their own threshold at the target, a category with no positive row says why it has none,
+    and the file records the head's reading (sigmoid of its logits), not the reward-model one."""
+    from app.cli.main import main
+    from app.moderate import thresholds
+
+    monkeypatch.setenv("ARBITER_HOME", str(tmp_path / "home"))
+    model = multi / "onnx-fp32"
+    texts = [f"{t} ({i})" for i in range(4) for t in TEXTS]
+    with engine.load(model, threads=2) as rm:
+        verdicts = RewardModerator(rm).score([Text(t) for t in texts])
+    sexual = [v.category_scores["sexual"] for v in verdicts]
+    hate = [v.category_scores["hate"] for v in verdicts]
+    # labels from the model's own ranks: the top 5 per category
+    s_pos = set(np.argsort(sexual)[-5:])
+    h_pos = set(np.argsort(hate)[-5:])
+    rows = [{"text": t, "S": int(i in s_pos), "H": int(i in h_pos), "V": 0} for i, t in enumerate(texts)]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "t.json"
+    assert main(["moderate", "calibrate", str(labelled), "--model", str(model), "--target-recall", "1.0",
+                 "--label-field", "S,H,V", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["semantics"] == HEAD_SEMANTICS
+    # recall 1.0 at the highest threshold: the lowest score of a positive row, per category
+    assert data["categories"]["sexual"] == pytest.approx(min(sexual[i] for i in s_pos))
+    assert data["categories"]["hate"] == pytest.approx(min(hate[i] for i in h_pos))
+    assert data["categories"]["sexual"] != pytest.approx(data["overall"])
+    assert data["at_threshold"]["sexual"]["recall"] == 1.0
+    assert data["at_threshold"]["sexual"]["tp"] == 5
+    assert data["categories"]["violence"] is None  # no positive row: falls back to overall
+    assert "no positive" in data["uncalibrated"]["violence"]
+    assert data["categories"]["harassment"] is None and "harassment" not in data.get("uncalibrated", {})
+    loaded = thresholds.load(out, data["model_sha256"])  # and the file reads back as it was written
+    assert loaded.categories["sexual"] == pytest.approx(data["categories"]["sexual"])
+
+
 def test_a_reward_model_has_one_output_and_no_categories(onnx_models):
     path = next(p for (arch, dtype), p in onnx_models.items() if dtype == "fp32")
     with engine.load(path) as rm:

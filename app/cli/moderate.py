@@ -269,9 +269,27 @@ def read_labelled(args: argparse.Namespace, loc, fields: list[str], limit: int |
     return texts, labels, partial
 
 
+def calibrate_categories(verdicts, per_field: list[dict[str, bool]], fields: list[str], metric: str,
+                         target: float) -> dict[str, Any]:
+    """Per category the model scores and a label field labels: its own threshold at the target,
+    fitted on the rows that label it; or why none (no positive row, the target not reached)."""
+    from app.moderate import report, thresholds
+    from engine.errors import InputError
+
+    out: dict[str, Any] = {}
+    for cat, f in report.targets(fields, verdicts).items():
+        rows = [i for i, labels in enumerate(per_field) if f in labels]
+        try:
+            out[cat] = thresholds.choose([verdicts[i].category_scores[cat] for i in rows],
+                                         [per_field[i][f] for i in rows], metric, target)
+        except InputError as e:
+            out[cat] = f"{f}: {e.reason}"
+    return out
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from app.moderate import thresholds
-    from app.moderate.scoring import SEMANTICS_VERSION, RewardModerator, model_sha256
+    from app.moderate.scoring import RewardModerator, model_sha256
     from engine.files import sha256_file
     from engine.output import write_text
     from engine.tabular import parse_location
@@ -292,15 +310,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with load_model(args) as rm:
         sha = model_sha256(rm.info)
         moderator = RewardModerator(rm)
-        scores = [v.score for start in range(0, len(texts), 64)
-                  for v in moderator.score(texts[start:start + 64])]
-    point = thresholds.choose(scores, labels, metric, target)
+        verdicts = [v for start in range(0, len(texts), 64) for v in moderator.score(texts[start:start + 64])]
+    point = thresholds.choose([v.score for v in verdicts], labels, metric, target)
+    per_category = calibrate_categories(verdicts, per_field, fields, metric, target)
     split = {"path": str(loc), "sha256": sha256_file(Path(loc.path)),
              "rows": len(labels), "positives": sum(labels), "label_fields": fields,
              "rows_with_unknown_labels": partial,
              "text_field": args.text_field, "context_field": args.context_field}
     thr = thresholds.calibrated(point, metric=metric, target=target, model_sha256=sha, split=split,
-                                semantics=SEMANTICS_VERSION)
+                                semantics=moderator.semantics, categories=per_category)
     write_text(out, json.dumps(thr.to_dict(), indent=2, ensure_ascii=False) + "\n")
     at = point.to_dict()
     human = (f"threshold {point.threshold:.4f} ({metric} >= {target:g}): precision {at['precision']:.3f}, "
@@ -479,7 +497,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         from app.moderate import judge
 
         rows = judge.sample(len(texts), args.judge_sample or judge.SAMPLE_ROWS, seed)
-        jrun = judge.run(judge_path, [t.text for t in texts], rows, threads=args.threads)
+        from engine.paths import data_dir
+
+        jrun = judge.run(judge_path, texts, rows, threads=args.threads,
+                         cache=data_dir() / "moderate" / "judge-calls.db")
         methods += report.judge_methods(jrun, model)
         notes = [report.judge_note(jrun, seed)]
     info = {"model": name, "model_sha256": sha, "thresholds_version": thr.version,

@@ -11,9 +11,17 @@ second each on a 2-core CPU), hundreds of times what the reward model costs; the
 it on a seeded random sample of the labelled rows (:func:`sample`) and reports the model under
 test on the same sample beside it, so the two rows compare like with like.
 
-Limits: a text is cut to :data:`MAX_CHARS` characters for the judge (the baseline only; the
-model under test is never cut); an answer that does not parse (cut off, or the context
-overflowed) counts as safe and is counted in ``failed``.
+A response in context (DiaSafety) is shown to the judge with its conversation, as the model
+under test sees it: whether "Sure, go ahead" is unsafe depends on what it answers.
+
+Every answer is kept in a SQLite call cache (:class:`trainer.curate.cache.CachedJudge`: the key
+is the judge file's identity, the question and the sampling), so rerunning a report after the
+model under test changed asks the judge nothing again. An answer that does not parse is asked
+again with another seed, at most three times (the cache's rule), then counts as safe and is
+counted in ``failed``.
+
+Limits: a text is cut to :data:`MAX_CHARS` characters, and its context to the last
+:data:`MAX_CONTEXT_CHARS` (the baseline only; the model under test is never cut).
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.moderate.scoring import Text
+    from engine.types import Conversation
 
 #: what the judge must answer
 SCHEMA = {"type": "object", "properties": {"unsafe": {"type": "boolean"}}, "required": ["unsafe"],
@@ -32,6 +45,8 @@ INSTRUCTIONS = (
     'Answer only with JSON: {"unsafe": true} or {"unsafe": false}.')
 #: characters of a text shown to the judge
 MAX_CHARS = 2000
+#: characters of its context (the conversation's end) shown beside it
+MAX_CONTEXT_CHARS = 1500
 #: rows the judge sees by default
 SAMPLE_ROWS = 100
 
@@ -46,6 +61,7 @@ class JudgeRun:
     scores: list[float]
     failed: int  # answers that did not parse (counted as safe)
     seconds: float
+    cache_hits: int = 0  # answers read from the call cache, not asked
 
 
 def sample(n_rows: int, size: int, seed: int) -> list[int]:
@@ -55,9 +71,14 @@ def sample(n_rows: int, size: int, seed: int) -> list[int]:
     return sorted(random.Random(f"{seed}:judge").sample(range(n_rows), size))
 
 
-def messages(text: str) -> list[dict[str, str]]:
-    """One user turn (Gemma's chat template has no system role)."""
-    return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nText:\n{text[:MAX_CHARS]}"}]
+def messages(text: str, context: Conversation | None = None) -> list[dict[str, str]]:
+    """One user turn (Gemma's chat template has no system role); a response in context comes
+    after the conversation it answers, and the judge is told to judge the response."""
+    if not context:
+        return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nText:\n{text[:MAX_CHARS]}"}]
+    convo = "\n".join(f"{m.role}: {m.content}" for m in context)[-MAX_CONTEXT_CHARS:]
+    return [{"role": "user", "content": f"{INSTRUCTIONS} Judge the response, read in its conversation."
+             f"\n\nConversation:\n{convo}\n\nResponse (the text to judge):\n{text[:MAX_CHARS]}"}]
 
 
 def default_path() -> Path:
@@ -72,22 +93,27 @@ def default_path() -> Path:
                          field="--judge") from None
 
 
-def run(path: Path, texts: Sequence[str], rows: Sequence[int], *, threads: int | None = None) -> JudgeRun:
-    """Judge ``texts[i]`` for each ``i`` in ``rows`` with the GGUF chat model at ``path``."""
+def run(path: Path, texts: Sequence[Text], rows: Sequence[int], *, cache: Path,
+        threads: int | None = None) -> JudgeRun:
+    """Judge ``texts[i]`` (with its context) for each ``i`` in ``rows`` with the GGUF chat model
+    at ``path``; answers are kept in the SQLite call cache at ``cache``."""
     import time
 
-    from trainer.curate.judges import LocalJudge, PromptTooLong, Sampling, parse_answer
+    from trainer.curate.cache import CachedJudge, CallCache
+    from trainer.curate.judges import LocalJudge, Sampling
 
     params = Sampling(temperature=0.0, max_tokens=16)
     scores, failed = [], 0
     start = time.monotonic()
-    with LocalJudge(Path(path), n_ctx=2048, threads=threads) as judge:
-        for i in rows:
-            try:
-                answer = parse_answer(judge.complete(messages(texts[i]), SCHEMA, params), SCHEMA)
-            except PromptTooLong:
-                answer = None
-            failed += answer is None
-            scores.append(1.0 if answer and answer["unsafe"] else 0.0)
-        name, identity = judge.name, judge.identity
-    return JudgeRun(name, identity, list(rows), scores, failed, time.monotonic() - start)
+    calls = CallCache(cache)
+    try:
+        with LocalJudge(Path(path), n_ctx=2048, threads=threads) as local:
+            judge = CachedJudge(local, calls)
+            for i in rows:
+                answer = judge.ask(messages(texts[i].text, texts[i].context), SCHEMA, params, sample=0)
+                failed += answer is None
+                scores.append(1.0 if answer and answer["unsafe"] else 0.0)
+            name, identity, hits = local.name, local.identity, judge.cache_hits
+    finally:
+        calls.close()
+    return JudgeRun(name, identity, list(rows), scores, failed, time.monotonic() - start, hits)

@@ -197,13 +197,15 @@ def judge_methods(run, model: Method) -> list[Method]:
 
 
 def judge_note(run, seed: int = RANDOM_SEED) -> str:
-    from app.moderate.judge import MAX_CHARS
+    from app.moderate.judge import MAX_CHARS, MAX_CONTEXT_CHARS
 
     return (f"judge: {run.name} ({run.identity[:24]}...), asked for {{\"unsafe\": true|false}} under a "
             f"grammar, on a seeded random sample of {len(run.rows)} rows (seed {seed}); "
-            f"{run.failed} answers did not parse (counted safe); {run.seconds:.0f} s in all. "
+            f"{run.failed} answers did not parse (counted safe); {run.seconds:.0f} s in all, "
+            f"{run.cache_hits} answers from the call cache. "
             "model@judge-sample is the model under test on the same rows. Texts are cut to "
-            f"{MAX_CHARS:,} characters for the judge only.")
+            f"{MAX_CHARS:,} characters for the judge only (a context to its last {MAX_CONTEXT_CHARS:,}); "
+            "a response in context is shown with its conversation.")
 
 
 def build(methods: Sequence[Method], labels: Mapping[str, Sequence[bool]], *,

@@ -22,6 +22,9 @@ SEMANTICS_VERSION = "rm-vs-refusal-1"
 #: the first output of a multi-output moderation head (the built-in moderation model's): its
 #: outputs are logits, ``overall`` and then OpenAI category names, read as sigmoid probabilities
 OVERALL = "overall"
+#: names the reading of a multi-output head's scores (sigmoid of its logits); thresholds fitted
+#: on one reading mean nothing on the other, so each records which it is
+HEAD_SEMANTICS = "moderation-head-sigmoid-1"
 #: tokens kept free beside a window for the conversation (the engine cuts it from its start)
 _CONTEXT_SHARE = 0.25
 #: tries at shrinking a window whose decoded text re-tokenizes longer than planned
@@ -88,6 +91,8 @@ class RewardModerator:
         self._refusals: OrderedDict[Conversation, float] = OrderedDict()
         self._min_overhead = len(rm.encode(Item(self.neutral, "")).ids)
         self.heads = category_heads(rm)
+        #: what this moderator's scores mean (recorded with thresholds and results)
+        self.semantics = HEAD_SEMANTICS if self.heads is not None else SEMANTICS_VERSION
 
     def score(self, rows: Sequence[Text]) -> list[Verdict]:
         """Verdicts in input order; long texts are windowed (never cut)."""

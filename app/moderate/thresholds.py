@@ -180,14 +180,24 @@ def choose(scores: Sequence[float], labels: Sequence[bool], metric: str, target:
 
 
 def calibrated(point: Point, *, metric: str, target: float, model_sha256: str,
-               split: dict[str, Any], semantics: str) -> Thresholds:
-    """Thresholds from a chosen point, with a version naming its day and content."""
+               split: dict[str, Any], semantics: str,
+               categories: dict[str, Point | str] | None = None) -> Thresholds:
+    """Thresholds from chosen points, with a version naming its day and content.
+
+    ``categories``: per scored category, its own chosen point, or why none was chosen (a
+    string, recorded under ``uncalibrated``; that category then falls back to ``overall``)."""
+    cats = categories or {}
+    chosen = {k: v for k, v in cats.items() if isinstance(v, Point)}
     meta = {"semantics": semantics, "target": {"metric": metric, "value": target}, "split": split,
-            "at_threshold": {"overall": point.to_dict()},
+            "at_threshold": {"overall": point.to_dict(), **{k: v.to_dict() for k, v in chosen.items()}},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    body = json.dumps({"overall": point.threshold, "sha": model_sha256, **meta}, sort_keys=True)
+    if len(chosen) < len(cats):
+        meta["uncalibrated"] = {k: v for k, v in cats.items() if not isinstance(v, Point)}
+    thresholds = {k: v.threshold for k, v in chosen.items()}
+    body = json.dumps({"overall": point.threshold, "categories": thresholds, "sha": model_sha256, **meta},
+                      sort_keys=True)
     version = f"cal-{time.strftime('%Y%m%d', time.gmtime())}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
-    return Thresholds(version, point.threshold, category_map(), model_sha256, meta)
+    return Thresholds(version, point.threshold, category_map(thresholds), model_sha256, meta)
 
 
 def parse_label(value: Any, source: str, line: int, field: str) -> bool:

@@ -20,9 +20,14 @@ Data (``../shared/data``, read in place):
   fits the shipped thresholds);
 * DiaSafety train (context, response, Safe/Unsafe -> ``overall``);
 * hh-rlhf harmless pairs (Bradley-Terry on ``overall``);
-* refusal-direction harmful/harmless *train* prompts (``overall`` 1 / every output 0).
+* refusal-direction harmful/harmless *train* prompts (``overall`` 1 / every output 0);
+* XSTest's training half, split by focus word (prompts, five models' completions in context, and
+  (refusal, compliance) pairs for its unsafe prompts: :mod:`app.pipelines.moderation_xstest`).
 
-XSTest, HateCheck, DiaSafety test, the harmful/harmless *test* prompts and openai-moderation's
+By default the top two encoder layers are fine-tuned with the head (``--tune-layers``,
+:mod:`app.pipelines.moderation_tune`); ``--tune-layers 0`` is the frozen-body recipe above.
+
+XSTest's held-out half, HateCheck, DiaSafety test, the harmful/harmless *test* prompts and openai-moderation's
 calibration and test rows are evaluation only: no training text shares a 13-gram, or its
 normalised whole text, with them (counts in build.json).
 
@@ -46,6 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: what the shipped thresholds compare: the head's sigmoid probabilities, not a reward model's
+#: P(refusal better than text) (app.moderate.scoring.SEMANTICS_VERSION)
+from app.moderate.scoring import HEAD_SEMANTICS
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 BUILTIN = ROOT / "engine" / "builtin" / "moderation"
@@ -57,9 +66,6 @@ CODES: tuple[str, ...] = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
 MAX_LENGTH = 128  # tokens the model reads; longer texts are windowed by app.moderate
 TRAIN_CHARS = 600  # training texts are cut to their first 600 characters (~128 tokens)
 SPLIT = (0.5, 0.2)  # openai-moderation: train share, calibration share (the rest: test)
-#: what the shipped thresholds compare: the head's sigmoid probabilities, not a reward model's
-#: P(refusal better than text) (app.moderate.scoring.SEMANTICS_VERSION)
-HEAD_SEMANTICS = "moderation-head-sigmoid-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +100,12 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def eval_texts(data: Path, held_out: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """Every evaluation text, by set: nothing trained on may overlap them."""
+def eval_texts(data: Path, held_out: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, list[str]]:
+    """Every evaluation text, by set: nothing trained on may overlap them (XSTest: its test half,
+    :func:`app.pipelines.moderation_xstest.xstest_split`; the other half is training data)."""
     import csv
+
+    from app.pipelines.moderation_xstest import xstest_split
 
     def column(path: Path, name: str) -> list[str]:
         with path.open(encoding="utf-8", newline="") as f:
@@ -106,7 +115,7 @@ def eval_texts(data: Path, held_out: Sequence[dict[str, Any]]) -> dict[str, list
     dia = _json(data / "diasafety" / "test.json")
     return {
         "openai-moderation calibration+test": [r["prompt"] for r in held_out],
-        "xstest prompts": column(data / "xstest" / "xstest_prompts.csv", "prompt"),
+        "xstest test prompts": [p["prompt"] for p in xstest_split(data, seed)["test"]],
         "hatecheck": column(data / "hatecheck" / "test_suite_cases.csv", "test_case"),
         "diasafety test": [x["response"] for x in dia] + [x["context"] for x in dia],
         "harmful/harmless test prompts": [x["instruction"] for f in ("harmful_test.json", "harmless_test.json")
@@ -150,8 +159,9 @@ def moderation_examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
 
 
 def build_examples(data: Path, train_rows: Sequence[dict[str, Any]], decon: Decon, *, seed: int,
-                   dia: int, harmful: int, harmless: int, hh: int) -> tuple[list[Example], list[tuple[Example, Example]]]:
-    """(labelled texts, hh-rlhf (chosen, rejected) pairs), decontaminated and seeded."""
+                   dia: int, harmful: int, harmless: int, hh: int,
+                   xstest: bool = True) -> tuple[list[Example], list[tuple[Example, Example]]]:
+    """(labelled texts, (safer, more unsafe) pairs: hh-rlhf's and XSTest's), decontaminated, seeded."""
     from trainer.data.importers import load
 
     rng = random.Random(seed)
@@ -169,6 +179,11 @@ def build_examples(data: Path, train_rows: Sequence[dict[str, Any]], decon: Deco
     rng.shuffle(good)
     examples += [Example(_cut(x["instruction"]), None, (1.0, *blank), "harmful prompts") for x in bad[:harmful]]
     examples += [Example(_cut(x["instruction"]), None, (0.0, *zeros), "harmless prompts") for x in good[:harmless]]
+    if xstest:
+        from app.pipelines.moderation_xstest import xstest_examples, xstest_split
+
+        train = xstest_split(data, seed)["train"]
+        examples += [Example(*x) for x in xstest_examples(data, train, len(CODES), _cut)]
     examples = [e for e in examples if e.text.strip() and decon.keep(e)]
     pairs = []
     hh_pairs = list(load(data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "hh-rlhf", errors="skip"))
@@ -181,6 +196,14 @@ def build_examples(data: Path, train_rows: Sequence[dict[str, Any]], decon: Deco
         r = Example(_cut(p.rejected), ctx, (None,) * len(OUTPUTS), "hh-rlhf")
         if p.chosen.strip() and p.rejected.strip() and p.chosen != p.rejected and decon.keep(c) and decon.keep(r):
             pairs.append((c, r))
+    if xstest:
+        from app.pipelines.moderation_xstest import xstest_pairs
+
+        for ctx, refusal, complied in xstest_pairs(data, train, _cut, seed):
+            c = Example(refusal, ctx, (None,) * len(OUTPUTS), "xstest pairs")
+            r = Example(complied, ctx, (None,) * len(OUTPUTS), "xstest pairs")
+            if decon.keep(c) and decon.keep(r):
+                pairs.append((c, r))
     return examples, pairs
 
 
@@ -208,18 +231,9 @@ def cls_states(model_dir: Path, texts: Sequence[tuple[str, str | None]], *, batc
     import torch
     from transformers import BertModel
 
-    from engine.errors import InputTooLongError
-
     torch.set_num_threads(2)
-    enc = encoder_for(model_dir)
     body = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
-    ids: list[tuple[int, ...]] = []
-    for text, ctx in texts:
-        try:
-            ids.append(enc.encode(item_of(text, ctx)).ids)
-        except InputTooLongError:  # a cut training text that still tokenizes long: cut its tokens
-            e = enc.encode(item_of("x", ctx))
-            ids.append(e.ids)
+    ids = token_ids(model_dir, texts)
     out = np.zeros((len(ids), body.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     t0 = time.time()
@@ -237,6 +251,43 @@ def cls_states(model_dir: Path, texts: Sequence[tuple[str, str | None]], *, batc
             if progress and (k // batch) % 20 == 0:
                 print(f"features {k + len(rows)}/{len(ids)} ({time.time() - t0:.0f} s)", flush=True)
     return out
+
+
+def token_ids(model_dir: Path, texts: Sequence[tuple[str, str | None]]) -> list[tuple[int, ...]]:
+    """Token ids per (text, context) as the engine frames them; a text that still tokenizes long
+    after the character cut keeps its context and the neutral "x" (counted in build.json)."""
+    from engine.errors import InputTooLongError
+
+    enc = encoder_for(model_dir)
+    ids = []
+    for text, ctx in texts:
+        try:
+            ids.append(enc.encode(item_of(text, ctx)).ids)
+        except InputTooLongError:
+            ids.append(enc.encode(item_of("x", ctx)).ids)
+    return ids
+
+
+def tune(base: Path, examples: Sequence[Example], pairs: Sequence[tuple[Example, Example]], out: Path, *,
+         layers: int, epochs: int, seed: int) -> dict[str, Any]:
+    """Fine-tune the top ``layers`` with the head (app.pipelines.moderation_tune); save to ``out``."""
+    import numpy as np
+    import torch
+
+    from app.pipelines.moderation_tune import load_model, lower_states, train_top
+
+    torch.set_num_threads(2)
+    texts = [(e.text, e.context) for e in examples]
+    texts += [(c.text, c.context) for c, _ in pairs] + [(r.text, r.context) for _, r in pairs]
+    ids = token_ids(base, texts)
+    model = load_model(base, OUTPUTS)
+    states = lower_states(model, ids, len(model.bert.encoder.layer) - layers)
+    labels = np.array([[np.nan if v is None else v for v in e.labels] for e in examples], dtype=np.float32)
+    n, k = len(examples), len(pairs)
+    index_pairs = [(n + j, n + k + j) for j in range(k)]
+    log = train_top(model, states, labels, index_pairs, layers=layers, epochs=epochs, seed=seed)
+    write_folder(model, base, out)
+    return log
 
 
 def train_head(model_dir: Path, feats: Any, labels: Any, pair_feats: tuple[Any, Any], *, seed: int,
@@ -291,7 +342,7 @@ def train_head(model_dir: Path, feats: Any, labels: Any, pair_feats: tuple[Any, 
 def save_model(model_dir: Path, head: dict[str, Any], out: Path) -> Path:
     """An HF BertForSequenceClassification folder with the trained pooler and head (9 labels)."""
     import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     labels = dict(enumerate(OUTPUTS))
     model = BertForSequenceClassification.from_pretrained(
@@ -302,6 +353,13 @@ def save_model(model_dir: Path, head: dict[str, Any], out: Path) -> Path:
         model.bert.pooler.dense.bias.copy_(head["pooler.bias"])
         model.classifier.weight.copy_(head["classifier.weight"])
         model.classifier.bias.copy_(head["classifier.bias"])
+    return write_folder(model, model_dir, out)
+
+
+def write_folder(model: Any, model_dir: Path, out: Path) -> Path:
+    """Save a trained 9-output classifier as the HF folder the exports read."""
+    from transformers import AutoTokenizer
+
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
@@ -494,7 +552,8 @@ def write_thresholds(model: Path, calibration: Path, out: Path) -> dict[str, Any
 REPORTS = (
     ("openai-moderation, seeded test split", "report-openai",
      "arbiter moderate report build/moderation-model/openai-moderation-test.jsonl --model moderation "
-     "--text-field prompt --label-field S,H,V,HR,SH,S3,H2,V2 --overflag xstest --overflag hatecheck "
+     "--text-field prompt --label-field S,H,V,HR,SH,S3,H2,V2 "
+     "--overflag 'xstest held-out safe=build/moderation-model/xstest-test.jsonl:text:label=0' --overflag hatecheck "
      "--overflag alpaca --limit 600 --no-plots --out build/moderation-model/report-openai"),
     ("DiaSafety test (response in context)", "report-diasafety",
      "arbiter moderate report build/moderation-model/diasafety-test.jsonl --model moderation "
@@ -519,6 +578,16 @@ def _table(rep: dict[str, Any]) -> list[str]:
         for name, o in rep["overflag"].items():
             lines.append(f"| {name} | {o['rows']} | " + " | ".join(fmt(o["methods"].get(n)) for n in names) + " |")
     return lines
+
+
+EVAL_NOTE = (
+    "Every row held out: `app/pipelines/moderation_sets.py` derives the sets from `../shared/data` in place "
+    "(labels 0/1; HateCheck's test cases shuffled, seed 0; each harmful-prompt set beside the same 300 "
+    "harmless *test* prompts; XSTest's held-out half by focus word) and drops every row that shares its "
+    "normalised text or a 13-gram with a training text (counts in `build/moderation-eval/sets.json`). The "
+    "`overall` target at the shipped threshold, every baseline in the same run; the Gemma 3 270M judge on a "
+    "seeded sample (its size beside it) and the model on the same rows. The judge samples are small: read "
+    "those two columns as a sign, not a measurement.")
 
 
 def write_card(work: Path, dst: Path = BUILTIN) -> Path:
@@ -570,9 +639,19 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
             continue
         rep = json.loads(f.read_text())
         lines += [f"### {title}", "", f"`{cmd}` (thresholds `{rep['thresholds_version']}`)", "", *_table(rep), ""]
-    lines += ["## Limits", "",
-              "- The body is frozen: the [CLS] state of a sentence-embedding model, which was trained for "
-              "mean pooling. Training the body too is the next step (it needs more CPU than this build had).",
+    lines += ["### Other sets: toxicity, hate, XSTest's held-out half, harmful prompts", ""]
+    tables = ROOT / "build" / "moderation-eval" / "tables.md"
+    if tables.is_file():
+        lines += [EVAL_NOTE, "", tables.read_text().rstrip(), ""]
+    else:
+        lines += ["not run yet: `make moderation-eval`", ""]
+    layers = b.get("training", {}).get("layers", 0)
+    body = ("- The body is frozen: the [CLS] state of a sentence-embedding model, which was trained for "
+            "mean pooling." if not layers else
+            f"- Only the top {layers} of the 6 encoder layers are fine-tuned (with the pooler and the head); "
+            "the embeddings and lower layers are all-MiniLM-L6-v2's, a sentence-embedding model trained for "
+            "mean pooling (bench/results/moderation_body.md measured frozen against tuned).")
+    lines += ["## Limits", "", body,
               "- openai-moderation has 1,680 rows; the rarer categories have a handful of test positives "
               "(see the counts above): their numbers are noisy.",
               "- English only; 128 tokens a window.", ""]
@@ -580,6 +659,20 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
     out = dst / "MODEL_CARD.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def run_card_reports() -> None:
+    """The card's reports (:data:`REPORTS`), in-process, from the project root."""
+    import os
+    import shlex
+
+    from app.cli.main import main as arbiter
+
+    os.chdir(ROOT)
+    for title, _, cmd in REPORTS:
+        print(f"report: {title}", flush=True)
+        if arbiter(shlex.split(cmd)[1:]) != 0:
+            sys.exit(f"the report failed: {cmd}")
 
 
 def cap_length(folder: Path) -> None:
@@ -599,8 +692,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--harmful", type=int, default=800, help="harmful train prompts")
     ap.add_argument("--harmless", type=int, default=1500, help="harmless train prompts")
     ap.add_argument("--hh", type=int, default=800, help="hh-rlhf harmless pairs")
-    ap.add_argument("--steps", type=int, default=400, help="full-batch optimizer steps on the head")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--tune-layers", type=int, default=2,
+                    help="top encoder layers trained with the head (0: the body frozen, head only)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs when --tune-layers > 0")
+    ap.add_argument("--no-xstest", action="store_true", help="leave XSTest's training half out")
+    ap.add_argument("--steps", type=int, default=400, help="full-batch optimizer steps on the head (frozen body)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="the head's learning rate (frozen body)")
     ap.add_argument("--skip-features", action="store_true", help="reuse WORK/features.npz")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/hf (the trained head)")
     ap.add_argument("--features-only", action="store_true", help="stop after WORK/features.npz")
@@ -609,11 +706,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reship", action="store_true",
                     help="reuse WORK's exports: ship them, measure the choice, calibrate, copy in")
     ap.add_argument("--no-ship", action="store_true", help="build and export into WORK only")
+    ap.add_argument("--no-reports", action="store_true", help="ship without running the card's reports")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
 
     from trainer.reference_models import minilm_dir
 
@@ -644,14 +741,63 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             f.write(json.dumps({"context": x["context"], "response": x["response"], "label": x["label"],
                                 "category": x["category"]}) + "\n")
-    decon = Decon(eval_texts(args.data, splits["calibration"] + splits["test"]))
+    from app.pipelines.moderation_xstest import heldout_rows
+
+    with (work / "xstest-test.jsonl").open("w", encoding="utf-8") as f:
+        for r in heldout_rows(args.data, args.seed):
+            f.write(json.dumps(r) + "\n")
+    decon = Decon(eval_texts(args.data, splits["calibration"] + splits["test"], args.seed))
     examples, pairs = build_examples(args.data, splits["train"], decon, seed=args.seed, dia=args.diasafety,
-                                     harmful=args.harmful, harmless=args.harmless, hh=args.hh)
+                                     harmful=args.harmful, harmless=args.harmless, hh=args.hh,
+                                     xstest=not args.no_xstest)
+    mix = mix_of(examples, pairs)
+    print(json.dumps({"mix": mix, "decontaminated": decon.dropped}), flush=True)
+    hf = work / "hf"
+    if args.skip_train and (work / "head.json").is_file():
+        trained = json.loads((work / "head.json").read_text())
+        cap_length(hf)
+    elif args.tune_layers:
+        trained = tune(base, examples, pairs, hf, layers=args.tune_layers, epochs=args.epochs, seed=args.seed)
+    else:
+        trained = frozen_head(base, examples, pairs, hf, work, args)
+        if trained is None:  # --features-only
+            return 0
+    (work / "head.json").write_text(json.dumps(trained))
+    train_s = time.time() - t0
+    print(f"trained in {train_s:.0f} s", flush=True)
+    report = export_all(hf, work, calibration=work / "openai-moderation-calibration.jsonl")
+    build = {"recipe": "app/pipelines/moderation_model.py", "seed": args.seed, "outputs": list(OUTPUTS),
+             "max_length": MAX_LENGTH, "mix": mix, "decontaminated": decon.dropped,
+             "split": {"openai-moderation": {k: len(v) for k, v in splits.items()}, "seed": args.seed},
+             "training": trained,
+             "wall_seconds": {"training": round(train_s), "in_all": round(time.time() - t0)},
+             **report}
+    (work / "build.json").write_text(json.dumps(build, indent=2) + "\n")
+    if not args.no_ship:
+        ship(work)
+        if not args.no_reports:
+            run_card_reports()
+        write_card(work)
+    print(json.dumps({k: v for k, v in build.items() if k in ("verify", "sizes", "wall_seconds")}, indent=2))
+    return 0
+
+
+def mix_of(examples: Sequence[Example], pairs: Sequence[tuple[Example, Example]]) -> dict[str, int]:
+    """Training texts per source, and pairs per source (build.json's "mix")."""
     mix: dict[str, int] = {}
     for e in examples:
         mix[e.source] = mix.get(e.source, 0) + 1
-    mix["hh-rlhf pairs"] = len(pairs)
-    print(json.dumps({"mix": mix, "decontaminated": decon.dropped}), flush=True)
+    for c, _ in pairs:
+        name = c.source if c.source.endswith("pairs") else f"{c.source} pairs"
+        mix[name] = mix.get(name, 0) + 1
+    return mix
+
+
+def frozen_head(base: Path, examples: Sequence[Example], pairs: Sequence[tuple[Example, Example]], hf: Path,
+                work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The frozen-body recipe: [CLS] features once (WORK/features.npz), then pooler + head."""
+    import numpy as np
+
     feats_file = work / "features.npz"
     if args.skip_features and feats_file.is_file():
         z = np.load(feats_file)
@@ -660,36 +806,15 @@ def main(argv: list[str] | None = None) -> int:
         texts = [(e.text, e.context) for e in examples]
         texts += [(c.text, c.context) for c, _ in pairs] + [(r.text, r.context) for _, r in pairs]
         allf = cls_states(base, texts)
-        feats, fc, fr = allf[:len(examples)], allf[len(examples):len(examples) + len(pairs)], allf[len(examples) + len(pairs):]
+        n, k = len(examples), len(pairs)
+        feats, fc, fr = allf[:n], allf[n:n + k], allf[n + k:]
         np.savez(feats_file, x=feats, c=fc, r=fr)
-    feat_s = time.time() - t0
     if args.features_only:
-        return 0
+        return None
     labels = np.array([[np.nan if v is None else v for v in e.labels] for e in examples], dtype=np.float32)
-    hf = work / "hf"
-    if args.skip_train and (work / "head.json").is_file():
-        head = json.loads((work / "head.json").read_text())
-        cap_length(hf)
-    else:
-        head = train_head(base, feats, labels, (fc, fr), seed=args.seed, steps=args.steps, lr=args.lr)
-        save_model(base, head, hf)
-        head = {k: head[k] for k in ("log", "pos_weight")}
-        (work / "head.json").write_text(json.dumps(head))
-    train_s = time.time() - t0
-    print(f"features {feat_s:.0f} s, head trained, {train_s:.0f} s in all", flush=True)
-    report = export_all(hf, work, calibration=work / "openai-moderation-calibration.jsonl")
-    build = {"recipe": "app/pipelines/moderation_model.py", "seed": args.seed, "outputs": list(OUTPUTS),
-             "max_length": MAX_LENGTH, "mix": mix, "decontaminated": decon.dropped,
-             "split": {"openai-moderation": {k: len(v) for k, v in splits.items()}, "seed": args.seed},
-             "head": {"steps": args.steps, "lr": args.lr, "log": head["log"], "pos_weight": head["pos_weight"]},
-             "wall_seconds": {"features": round(feat_s), "features_and_head": round(train_s),
-                              "in_all": round(time.time() - t0)},
-             **report}
-    (work / "build.json").write_text(json.dumps(build, indent=2) + "\n")
-    if not args.no_ship:
-        ship(work)
-    print(json.dumps({k: v for k, v in build.items() if k in ("verify", "sizes", "wall_seconds")}, indent=2))
-    return 0
+    head = train_head(base, feats, labels, (fc, fr), seed=args.seed, steps=args.steps, lr=args.lr)
+    save_model(base, head, hf)
+    return {"layers": 0, "steps": args.steps, "lr": args.lr, "log": head["log"], "pos_weight": head["pos_weight"]}
 
 
 def ship(work: Path) -> None:
