@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test install lint bench clean default-model moderation-model fuzz crash-test bundle bundle-test curate-test curation-experiment
+.PHONY: run test install lint bench clean default-model moderation-model moderation-eval fuzz crash-test bundle bundle-test curate-test curation-experiment
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,11 +51,18 @@ bench: install
 
 # Rebuild the built-in default model (needs ../shared/data; about an hour on 2 CPU cores)
 default-model: install
-	$(PY) -m app.pipelines.default_model
+	$(PY) -m app.pipelines.default_model $(DEFAULT_MODEL_ARGS)
 
 # Rebuild the built-in moderation model (needs ../shared/data; about 10 minutes on 2 shared CPU cores)
 moderation-model: install
 	$(PY) -m app.pipelines.moderation_model
+
+# Evaluate it on every other set (Surge, ToxiGen, XSTest's held-out half, HateCheck, harmful prompts),
+# beside every baseline and the Gemma judge, into build/moderation-eval/tables.md and the card
+# (needs ../shared/data; judge answers are cached, so a rerun costs the scoring only)
+moderation-eval: install
+	$(PY) -m app.pipelines.moderation_sets --reports --tables
+	$(PY) -m app.pipelines.moderation_model --card-only
 
 # The curation experiment (issue 15): arms (a)-(d) trained on equal pair counts, exported, evaluated;
 # writes bench/results/curation_experiment.md (needs ../shared/data; 34 min on the 2 shared cores

@@ -118,6 +118,28 @@ def test_a_multi_output_head_moderates_per_category_in_both_formats(multi):
         assert max(abs(a.category_scores[c] - b.category_scores[c]) for c in OUTPUTS[1:]) < 1e-3
 
 
+@pytest.mark.slow
+def test_fp16_storage_halves_the_weights_and_keeps_every_output(multi, tmp_path):
+    """The copy the moderation model ships: float16 weights, float32 compute (casts folded)."""
+    import onnx
+
+    from exports.onnx import fp16_storage_from_fp32
+
+    src = multi / "onnx-fp32"
+    dst = fp16_storage_from_fp32(src, tmp_path / "fp16")
+    graph = onnx.load(str(dst / "model.onnx")).graph
+    big = [i for i in graph.initializer if np.prod(i.dims) >= 1024]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    assert (dst / "model.onnx").stat().st_size < 0.6 * (src / "model.onnx").stat().st_size
+    items = [item_of(t, None) for t in TEXTS]
+    with engine.load(src) as a, engine.load(dst) as b:
+        assert b.output_names == OUTPUTS
+        want, got = a.outputs(items), b.outputs(items)
+    assert 0 < np.abs(got - want).max() < 2e-2  # rounded weights: close, and not the same file
+    with pytest.raises(ModelError, match="not empty"):
+        fp16_storage_from_fp32(src, dst)
+
+
 def test_a_multi_label_source_without_output_names_is_refused(tmp_path):
     from exports.onnx import check_source
 
@@ -180,25 +202,35 @@ def test_a_reward_model_has_one_output_and_no_categories(onnx_models):
 # ---- the shipped model ------------------------------------------------------------------------
 
 def _shipped() -> None:
-    """Its 133 MB of weights are a build product, not kept in git (like the desktop bundle):
-    a checkout without them skips, with the command that builds them."""
-    if not (SHIPPED / "onnx" / "model.onnx").is_file() or not any((SHIPPED / "gguf").glob("*.gguf")):
-        pytest.skip(f"{SHIPPED}: the built-in moderation model is not built in this checkout "
-                    "(`make moderation-model` builds it from ../shared/data)")
+    """The ONNX copy ships in git; a checkout without it is broken, not skipped."""
+    assert (SHIPPED / "onnx" / "model.onnx").is_file(), f"{SHIPPED}/onnx/model.onnx is missing"
 
 
 def test_the_shipped_copies_agree_and_name_their_outputs():
     _shipped()
+    if not any((SHIPPED / "gguf").glob("*.gguf")):  # a build product, like the desktop bundle
+        pytest.skip(f"{SHIPPED}/gguf: the GGUF copy is not built in this checkout "
+                    "(`make moderation-model` builds it from ../shared/data)")
     items = [item_of(t, None) for t in TEXTS]
     out = {}
     for fmt in ("onnx", "gguf"):
         with engine.load("moderation", format=fmt, threads=2) as rm:
             assert rm.output_names == OUTPUTS
             out[fmt] = 1 / (1 + np.exp(-rm.outputs(items)))
-    # ONNX fp32 vs GGUF f16 (the shipped copies; build.json records the gap measured at build time)
+    # the shipped copies (build.json records the gaps measured at build time against torch)
     build = json.loads((SHIPPED / "build.json").read_text())
-    assert build["verify"]["onnx fp32 vs gguf f16"]["max_abs_logit_diff"] < 0.1
+    assert build["shipped_onnx"]["max_abs_logit_diff"] < 0.1
+    assert build["verify"]["gguf f16"]["max_abs_logit_diff"] < 0.1
     assert np.abs(out["onnx"] - out["gguf"]).max() < 0.01
+
+
+def test_the_shipped_onnx_copy_matches_its_build_record():
+    """The file in git is the one build.json measured: its sha256 is the thresholds' model sha256."""
+    _shipped()
+    with engine.load("moderation", format="onnx") as rm:
+        assert rm.output_names == OUTPUTS
+        sha = model_sha256(rm.info)
+    assert json.loads((SHIPPED / "thresholds-onnx.json").read_text())["model_sha256"] == sha
 
 
 def test_windows_catch_a_threat_at_the_end_of_a_long_text():

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from app.cli import annotate, curate, evaluate, export, models, moderate, scoring, serve, train
+from app.cli import data as data_command
 
 
 class _VersionAction(argparse.Action):
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     moderate.register(sub)
     annotate.register(sub)
     curate.register(sub)
+    data_command.register(sub)
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("--model", "-m", default=None,
                    help="registered name, path, or 'default' (default: the last model used, "

@@ -63,7 +63,7 @@ def minilm_dir() -> Path:
 
 
 def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: float = 0.15,
-               padded: float = 0.08) -> dict:
+               padded: float = 0.08, synthetic: float = 0.0) -> dict:
     """Import, clean, split and sample; writes train.jsonl and gold.jsonl; returns the report."""
     from trainer.data import negatives
     from trainer.data.hygiene import Decontaminator, HygieneReport, clean
@@ -101,6 +101,9 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: floa
     synth = (negatives.off_topic(donors, int(pairs * off_topic), rng)
              + negatives.padded(donors, int(pairs * padded), rng))
     synth = list(clean(synth, report=report, decontaminator=decon))
+    targeted = _targeted_pairs(data, donors, gold, int(pairs * synthetic), seed, report) if synthetic > 0 else {}
+    for ps in targeted.values():
+        synth += ps
     shorter = [p for p in silver if p.chosen_longer is False]
     n_longer = max(0, pairs - n_human - n_safety - len(synth) - len(shorter))
     longer = [p for p in silver if p.chosen_longer is True][:n_longer]
@@ -119,11 +122,30 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: floa
         "mix": {"human helpfulness (PandaLM, OASST)": n_human, "human harmlessness (hh-rlhf)": n_safety,
                 "synthetic: off-topic longer answer rejected": sum(p.source == "synthetic/off-topic" for p in synth),
                 "synthetic: answer + irrelevant paragraph rejected": sum(p.source == "synthetic/padded" for p in synth),
+                **{f"synthetic (rules, trainer/data/synthetic.py): {f}": len(ps) for f, ps in targeted.items()},
                 "AlpacaEval GPT-4, chosen longer": len(longer), "AlpacaEval GPT-4, chosen shorter": len(shorter)},
         "chosen_longer_share": {"train": share_longer(train), "gold": share_longer(gold)},
         "hygiene": report.to_dict() if hasattr(report, "to_dict") else str(report),
         "benchmark_files_for_decontamination": [str(p.relative_to(data)) for p in bench_files],
     }
+
+
+def _targeted_pairs(data: Path, donors: list, gold: list, n: int, seed: int, report) -> dict[str, list]:
+    """``n`` rule-made pairs aimed at the failure modes (trainer/data/synthetic.py), split evenly
+    over its families, by family: edits of the donors' answers, decontaminated against every
+    benchmark, the safety evaluation prompts and the gold prompts. Off unless ``--synthetic``."""
+    from trainer.data import synthetic as rules
+
+    decon = rules.decontaminator_for(data, report)
+    decon.add_texts((" ".join(m.content for m in p.conversation if m.role == "user") for p in gold), "gold")
+    stats = rules.SynthesisStats()
+    out: dict[str, list] = {f: [] for f in rules.FAMILIES}
+    for p in rules.synthesize(rules.load_pools(data, answers=donors), per_family=max(1, n // len(rules.FAMILIES)),
+                              seed=seed, decontaminator=decon, stats=stats, report=report):
+        out[p.attributes["synthetic"]["family"]].append(p)
+    print(f"targeted synthetic pairs: {json.dumps(stats.to_dict()['kept'])}, chosen longer "
+          f"{stats.share_longer()}", flush=True)
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--off-topic", type=float, default=0.15, help="share of synthetic off-topic pairs")
     ap.add_argument("--padded", type=float, default=0.08, help="share of synthetic padded pairs")
+    ap.add_argument("--synthetic", type=float, default=0.0,
+                    help="share of targeted rule-made pairs (trainer/data/synthetic.py: fact, constraint, "
+                         "refusal, concise); 0 = off until a training run shows they pay")
     ap.add_argument("--length-penalty", type=float, default=0.0,
                     help="weight of |cov(reward, log length)| (trainer/bt/length_penalty.py); 0 = off")
     ap.add_argument("--length-head", type=float, default=0.0,
@@ -175,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     report = build_data(args.data, args.work, pairs=args.pairs, seed=args.seed, off_topic=args.off_topic,
-                        padded=args.padded)
+                        padded=args.padded, synthetic=args.synthetic)
     (args.work / "data_report.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "hygiene"}, indent=2), flush=True)
     cfg = recipe_config(args)

@@ -20,7 +20,9 @@ Data (``../shared/data``, read in place):
   fits the shipped thresholds);
 * DiaSafety train (context, response, Safe/Unsafe -> ``overall``);
 * hh-rlhf harmless pairs (Bradley-Terry on ``overall``);
-* refusal-direction harmful/harmless *train* prompts (``overall`` 1 / every output 0);
+* harmful requests under an MIT licence (HarmBench validation, adversarial-training and TDC 2023
+  behaviours: ``overall`` 1) and benign ones under Apache-2.0 (PandaLM instructions, OASST
+  openers: every output 0); not the refusal-direction prompts, whose folder states no licence;
 * XSTest's training half, split by focus word (prompts, five models' completions in context, and
   (refusal, compliance) pairs for its unsafe prompts: :mod:`app.pipelines.moderation_xstest`).
 
@@ -172,13 +174,13 @@ def build_examples(data: Path, train_rows: Sequence[dict[str, Any]], decon: Deco
     rng.shuffle(d)
     examples += [Example(_cut(x["response"]), _cut(x["context"]), (float(x["label"] == "Unsafe"), *blank),
                          "diasafety") for x in d[:dia]]
-    rd = data / "harmful-prompts" / "refusal_direction"
-    bad = _json(rd / "harmful_train.json")
-    good = _json(rd / "harmless_train.json")
+    from trainer.data.safety_prompts import harmful_train_prompts, harmless_train_prompts
+
+    bad, good = harmful_train_prompts(data), harmless_train_prompts(data)
     rng.shuffle(bad)
     rng.shuffle(good)
-    examples += [Example(_cut(x["instruction"]), None, (1.0, *blank), "harmful prompts") for x in bad[:harmful]]
-    examples += [Example(_cut(x["instruction"]), None, (0.0, *zeros), "harmless prompts") for x in good[:harmless]]
+    examples += [Example(_cut(x), None, (1.0, *blank), "harmful prompts") for x in bad[:harmful]]
+    examples += [Example(_cut(x), None, (0.0, *zeros), "harmless prompts") for x in good[:harmless]]
     if xstest:
         from app.pipelines.moderation_xstest import xstest_examples, xstest_split
 
@@ -467,30 +469,46 @@ def export_all(hf: Path, work: Path, *, calibration: Path, parity_items: int = 2
     return {"verify": verify, **ship_copies(work, calibration)}
 
 
-def ship_copies(work: Path, calibration: Path) -> dict[str, Any]:
-    """Put ONNX fp32 and GGUF f16 in WORK/ship, measure the choice, calibrate their thresholds.
+def ship_copies(work: Path, calibration: Path, *, parity_items: int = 200) -> dict[str, Any]:
+    """Put ONNX (fp32 compute, weights stored as float16) and GGUF f16 in WORK/ship, check the
+    ONNX copy against torch, measure the choice, calibrate both copies' thresholds.
 
-    Not int8 / q8_0: the head reads a frozen body's [CLS] state with large weights, so the
-    quantized bodies' small shifts moved its logits far (build.json "verify": int8 up to 5.6,
-    mean 1.0; q8_0 up to 1.2, mean 0.19), while fp32 matches torch (3e-5) and f16 nearly (0.036).
+    Not int8 / q8_0: the head reads small differences of one [CLS] state, so the quantized
+    bodies' rounding moves its logits by whole units (build.json "verify"), while float16
+    weights move them by hundredths, at half fp32's size: the ONNX copy (about 45 MB) is kept
+    in git like the default model; the GGUF copy is built by ``make moderation-model``.
     """
+    import numpy as np
+
+    import engine
+    from exports.onnx import fp16_storage_from_fp32
+
     ship = work / "ship"
     for d in (ship / "onnx", ship / "gguf"):
         shutil.rmtree(d, ignore_errors=True)
     (ship / "gguf").mkdir(parents=True)
-    shutil.copytree(work / "onnx-fp32", ship / "onnx")
+    fp16_storage_from_fp32(work / "onnx-fp32", ship / "onnx")
     shutil.copyfile(work / "gguf" / "model-f16.gguf", ship / "gguf" / "model-f16.gguf")
     cal_texts, _ = labelled_texts(calibration)
-    sizes = {"onnx fp32 (MiB)": round(sum(f.stat().st_size for f in (ship / "onnx").iterdir()) / 2**20, 1),
+    probe = fitting(cal_texts[::-1], work / "hf", parity_items)
+    ref = reference_logits(work / "hf", probe)
+    with engine.load(ship / "onnx", threads=2) as rm:
+        got = rm.outputs([item_of(t, None) for t in probe])
+    d = np.abs(got - ref)
+    p = np.abs(1 / (1 + np.exp(-got)) - 1 / (1 + np.exp(-ref)))
+    shipped = {"items": len(probe), "max_abs_logit_diff": float(d.max()), "mean_abs_logit_diff": float(d.mean()),
+               "max_abs_prob_diff": float(p.max())}
+    sizes = {"onnx fp16-stored (MiB)": round(sum(f.stat().st_size for f in (ship / "onnx").iterdir()) / 2**20, 1),
+             "onnx fp32 (MiB)": round(sum(f.stat().st_size for f in (work / "onnx-fp32").iterdir()) / 2**20, 1),
              "gguf f16 (MiB)": round((ship / "gguf" / "model-f16.gguf").stat().st_size / 2**20, 1)}
-    choice = measure_choice(ship / "onnx", cal_texts, sizes)
+    choice = measure_choice(ship / "onnx", cal_texts, sizes["onnx fp16-stored (MiB)"])
     thresholds = {}
     for name, path in (("onnx", ship / "onnx"), ("gguf", ship / "gguf" / "model-f16.gguf")):
         thresholds[name] = write_thresholds(path, calibration, ship / f"thresholds-{name}.json")
-    return {"sizes": sizes, "choice": choice, "thresholds": thresholds}
+    return {"sizes": sizes, "choice": choice, "thresholds": thresholds, "shipped_onnx": shipped}
 
 
-def measure_choice(onnx: Path, texts: Sequence[str], sizes: dict[str, float], *, n: int = 128,
+def measure_choice(onnx: Path, texts: Sequence[str], one: float, *, n: int = 128,
                    repeats: int = 3) -> dict[str, Any]:
     """One multi-output model vs one model per category, measured side by side.
 
@@ -510,7 +528,6 @@ def measure_choice(onnx: Path, texts: Sequence[str], sizes: dict[str, float], *,
                 for _ in range(passes):
                     rm.score(items, on_too_long="skip")
                 best[name] = min(best[name], time.perf_counter() - t)
-    one = sizes["onnx fp32 (MiB)"]
     return {"texts": len(items), "seconds_best_of": repeats, "seconds": {k: round(v, 2) for k, v in best.items()},
             "ratio": round(best["per category (8 passes)"] / best["multi-output (1 pass)"], 2),
             "size_mib": {"multi-output": one, "per category": round(one * len(CODES), 1)}}
@@ -594,17 +611,20 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
     """MODEL_CARD.md from build.json and the reports under WORK (see :data:`REPORTS`)."""
     b = json.loads((work / "build.json").read_text())
     c = b["choice"]
+    layers = b.get("training", {}).get("layers", 0)
+    body = ("(frozen)" if not layers else f"(its top {layers} of 6 encoder layers fine-tuned)")
     lines = ["# Arbiter built-in moderation model", "",
-             "all-MiniLM-L6-v2 (frozen) with a trained BERT pooler and a 9-output head: `overall`, then "
+             f"all-MiniLM-L6-v2 {body} with a trained BERT pooler and a 9-output head: `overall`, then "
              + ", ".join(f"`{o}`" for o in OUTPUTS[1:]) + " (openai-moderation's S, H, V, HR, SH, S3, H2, V2).",
              "Each output is a logit; `arbiter moderate --model moderation` reads it as a probability "
              "(sigmoid), windows long texts (128 tokens, max over windows) and flags at the shipped "
              "thresholds (`thresholds-onnx.json`, `thresholds-gguf.json`: F1-best on the calibration split, "
              "one file per copy since thresholds are tied to the copy's sha256). The other five OpenAI "
              "categories are `null` (not scored: no data labels them).", "",
-             "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded). The weights "
-             "(`onnx/model.onnx`, `gguf/model-f16.gguf`, 133 MiB) are not kept in git: that command builds them "
-             "from `../shared/data`.", "",
+             "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded). The ONNX copy "
+             f"(`onnx/model.onnx`, {b['sizes'].get('onnx fp16-stored (MiB)', '?')} MiB: float32 compute, weights "
+             "stored as float16) ships in git like the default model; the GGUF copy (`gguf/model-f16.gguf`, "
+             f"{b['sizes'].get('gguf f16 (MiB)', '?')} MiB) is built by that command from `../shared/data`.", "",
              "## Data", "", "| source | texts |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in b["mix"].items()]
     lines += ["", "Dropped by decontamination (13-gram or whole normalised text shared with an evaluation "
@@ -613,7 +633,7 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
               f"openai-moderation split (seed {b['seed']}): "
               + ", ".join(f"{k} {v}" for k, v in b["split"]["openai-moderation"].items()) + " rows.", "",
               "## One multi-output model, not one model per category (measured)", "",
-              f"{c['texts']} calibration texts, ONNX fp32, 2 threads, the two variants taking turns, best of "
+              f"{c['texts']} calibration texts, the shipped ONNX copy (fp32 compute), 2 threads, the two variants taking turns, best of "
               f"{c['seconds_best_of']}: one pass for all outputs {c['seconds']['multi-output (1 pass)']} s, "
               f"eight per-category passes {c['seconds']['per category (8 passes)']} s ({c['ratio']}x); size "
               f"{c['size_mib']['multi-output']} MiB vs {c['size_mib']['per category']} MiB. Eight per-category "
@@ -626,6 +646,10 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
         if "items" in v:
             lines.append(f"| {k} | {v['items']} | {v['max_abs_logit_diff']:.2e} | {v['mean_abs_logit_diff']:.2e} | "
                          f"{v['max_abs_prob_diff']:.2e} |")
+    if "shipped_onnx" in b:
+        v = b["shipped_onnx"]
+        lines.append(f"| onnx fp16-stored (shipped) | {v['items']} | {v['max_abs_logit_diff']:.2e} | "
+                     f"{v['mean_abs_logit_diff']:.2e} | {v['max_abs_prob_diff']:.2e} |")
     lines += [""] + [f"- {k}: max abs logit diff {v['max_abs_logit_diff']:.2e}" for k, v in b["verify"].items()
                      if "items" not in v]
     lines += ["", "GGUF: llama.cpp (llama-cpp-python 0.3.36) returns all `n_cls_out` = 9 outputs of a BERT "
@@ -662,16 +686,13 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
 
 
 def run_card_reports() -> None:
-    """The card's reports (:data:`REPORTS`), in-process, from the project root."""
-    import os
+    """The card's reports (:data:`REPORTS`): the real CLI, from the project root."""
     import shlex
+    import subprocess
 
-    from app.cli.main import main as arbiter
-
-    os.chdir(ROOT)
     for title, _, cmd in REPORTS:
         print(f"report: {title}", flush=True)
-        if arbiter(shlex.split(cmd)[1:]) != 0:
+        if subprocess.run([sys.executable, "-m", "app.cli.main", *shlex.split(cmd)[1:]], cwd=ROOT).returncode:
             sys.exit(f"the report failed: {cmd}")
 
 

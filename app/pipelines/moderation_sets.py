@@ -5,7 +5,7 @@ unsafe) under ``build/moderation-eval/`` that ``arbiter moderate report`` reads:
 labels the report does not take ("Toxic", "hate", "hateful"), or a harmful set has no benign
 half to measure over-flagging against. XSTest is its held-out half only
 (:func:`app.pipelines.moderation_xstest.xstest_split`: the other half trains the model).
-``--reports`` then runs every report (:data:`RUNS`, in-process, the Gemma judge on a seeded
+``--reports`` then runs every report (:data:`RUNS`, the real CLI, the Gemma judge on a seeded
 sample of each: its answers are cached, so a rerun after the model changed asks it nothing
 again) and ``--tables`` writes ``build/moderation-eval/tables.md``, which the model card and
 the README show (``make moderation-eval`` does all three).
@@ -129,18 +129,15 @@ def command(name: str, src: str, labels: str, context: str | None, judge: int) -
 
 
 def run_reports(only: Sequence[str] | None = None) -> None:
-    """Every report of :data:`RUNS` (or those named), in-process, from the project root."""
-    import os
+    """Every report of :data:`RUNS` (or those named): the real CLI, from the project root."""
+    import subprocess
 
-    from app.cli.main import main as arbiter
-
-    os.chdir(mm.ROOT)
     for run in RUNS:
         if only and run[0] not in only:
             continue
         argv = command(*run)
         print("arbiter " + " ".join(argv[:2]) + f" {run[0]} ...", flush=True)
-        if arbiter(argv) != 0:
+        if subprocess.run([sys.executable, "-m", "app.cli.main", *argv], cwd=mm.ROOT).returncode:
             sys.exit(f"report {run[0]} failed: arbiter {' '.join(argv)}")
 
 
