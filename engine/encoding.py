@@ -322,9 +322,14 @@ class Encoder:
 
     # -- cross-encoders ---------------------------------------------------------
     def _encode_pair(self, item: Item) -> Encoded:
-        tok, layout = self.tokenizer, self._pair_layout
+        tok = self.tokenizer
         first = tok.ids(conversation_as_text(item.conversation), add_special=False)
         second = tok.ids(item.response, add_special=False)
+        return self._join_pair(first, second)
+
+    def _join_pair(self, first: list[int], second: list[int]) -> Encoded:
+        """Conversation ids ``first`` cut from their start to fit beside the whole ``second``."""
+        layout = self._pair_layout
         budget = self.max_length - layout.n_special - len(second)
         if budget < 1:
             raise InputTooLongError(
@@ -340,3 +345,43 @@ class Encoder:
 
     def encode(self, item: Item) -> Encoded:
         return self._encode_chat(item) if self.template else self._encode_pair(item)
+
+    # -- windows over a response too long for the context (``on_too_long="window"``) --
+    def max_window(self) -> int:
+        """The most response tokens one window can hold: the context less the pair's special
+        tokens and one conversation token (a window is never scored without its context)."""
+        if self.template:
+            raise InputError(
+                "windows over the response are only for cross-encoders (text-pair models): this "
+                "model is a decoder that reads its score at the end of the response's turn, which "
+                "a window cut mid-response does not have; use on_too_long 'error' or 'skip'",
+                field="on_too_long")
+        return self.max_length - self._pair_layout.n_special - 1
+
+    def encode_windows(self, item: Item, size: int, stride: int) -> list[Encoded]:
+        """The response's tokens in windows of ``size`` tokens starting every ``stride`` tokens
+        (:func:`window_starts`), each joined with the conversation as :meth:`encode` does (cut
+        from its start to fit beside the window). A response of ``size`` tokens or fewer is one
+        window, equal to :meth:`encode`."""
+        if not 1 <= size <= self.max_window():
+            raise InputError(f"window size {size} tokens: must be 1 to {self.max_window()} for this "
+                             f"model ({self.max_length} tokens of context)", field="window_tokens")
+        if not 1 <= stride <= size:
+            raise InputError(f"window stride {stride} tokens: must be 1 to the window size ({size})",
+                             field="window_stride")
+        tok = self.tokenizer
+        first = tok.ids(conversation_as_text(item.conversation), add_special=False)
+        second = tok.ids(item.response, add_special=False)
+        return [self._join_pair(first, second[s:s + size]) for s in window_starts(len(second), size, stride)]
+
+
+def window_starts(n_tokens: int, size: int, stride: int) -> list[int]:
+    """Start positions of windows of ``size`` tokens, ``stride`` tokens apart, over ``n_tokens``
+    tokens, and a last window that ends at the last token: ``1 + ceil((n - size) / stride)``
+    windows (one when ``n <= size``). The idea of ``app.moderate.windows.starts`` (stride three
+    quarters of a window there), with the stride given."""
+    if n_tokens <= size:
+        return [0]
+    out = list(range(0, n_tokens - size, stride))
+    out.append(n_tokens - size)
+    return out

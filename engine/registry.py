@@ -141,8 +141,9 @@ def moderation_model_path(format: Format | None = None) -> Path | None:
     root = builtin_dir() / MODERATION
     copies = {f: p for f in _DEFAULT_COPIES if (p := _default_copy(root, f)) is not None}
     if format is not None and copies and format not in copies:
-        raise ModelError(f"the built-in moderation model has no {format} copy; it ships "
-                         f"{', '.join(sorted(copies))}")
+        raise ModelError(f"the built-in moderation model has no {format} copy here; it has "
+                         f"{', '.join(sorted(copies))} (`make moderation-model` builds every copy "
+                         "from ../shared/data)")
     return copies.get(format or "onnx") or next(iter(copies.values()), None)
 
 
@@ -185,8 +186,9 @@ def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
         return Entry(DEFAULT, path, detect_format(path), builtin=True)
     if spec_s == MODERATION:
         if (path := moderation_model_path(format)) is None:
-            raise ModelError("the built-in moderation model is not built in this checkout (its weights are "
-                             "not kept in git): `make moderation-model` builds it from ../shared/data")
+            raise ModelError("the built-in moderation model is missing from this install (engine/builtin/"
+                             "moderation/onnx ships with Arbiter): reinstall, or `make moderation-model` "
+                             "rebuilds it from ../shared/data")
         return Entry(MODERATION, path, detect_format(path), builtin=True)
     registered = models_dir() / spec_s
     if "/" not in spec_s and "\\" not in spec_s and registered.exists():

@@ -113,6 +113,11 @@ class Score:
     #: was unknown (``Scorer.score_texts`` without a prompt that prefixes the text): ``value`` is
     #: the raw output, not comparable with length-controlled scores of the same model
     uncorrected: bool = False
+    #: windows the response was scored in (``on_too_long="window"``; 1: it fit the context)
+    windows: int = 1
+    #: the long-input policy it was scored under, e.g. ``window-mean/384/stride-288``; None:
+    #: no windows were allowed (a response too long was an error or skipped)
+    policy: str | None = None
 
     def __float__(self) -> float:
         return self.value

@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N items of each benchmark (a run of its own in the store)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--on-too-long", choices=["skip", "window"], default="skip",
+                   help="a record with a response over the model's context: left out of the metrics "
+                        "and counted (default), or scored in overlapping windows (cross-encoders; a "
+                        "run of its own in the store, its policy in the report)")
+    p.add_argument("--window-agg", choices=["mean", "min", "max", "first", "last"], default=None,
+                   help="with --on-too-long window: how the windows' scores make one (default: the "
+                        "engine's, the best measured in bench/results/long_inputs.md)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -54,8 +61,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         try:
             with load_model(args) as rm:
+                from engine.scorer import WINDOW_AGG
+
                 outcome = run_model(rm, args.bench, out_dir=args.out, limit=args.limit,
-                                    batch_size=args.batch_size, progress=progress, plots=not args.no_plots)
+                                    batch_size=args.batch_size, progress=progress, plots=not args.no_plots,
+                                    on_too_long=args.on_too_long, window_agg=args.window_agg or WINDOW_AGG)
         finally:
             for bar in bars.values():
                 bar.close()

@@ -30,9 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JSONL out: each row plus score fields. Written beside it and renamed when "
                         "every row is scored; a symlink is followed, a device or FIFO streamed to")
     p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--on-too-long", choices=["error", "skip"], default="error",
+    p.add_argument("--on-too-long", choices=["error", "skip", "window"], default="error",
                    help="a response longer than the model's context: stop with an error naming "
-                        "its line (default), or write the row with score null and the reason")
+                        "its line (default), write the row with score null and the reason, or score "
+                        "it in overlapping windows (cross-encoders; rows record windows and policy)")
+    _window_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("compare", help="score two responses: margin and P(A better than B)")
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "where the model's format allows)")
     add_json(p)
     _conversation_options(p)
+    _too_long_options(p)
     p.add_argument("a", help="response A")
     p.add_argument("b", help="response B")
     p.set_defaults(func=cmd_compare)
@@ -53,10 +56,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "where the model's format allows)")
     add_json(p)
     _conversation_options(p)
+    _too_long_options(p)
     p.add_argument("--candidates", required=True,
                    help="JSON list, JSONL (strings or {response}), or text with candidates "
                         "separated by lines of '---' (one per line when there are none)")
     p.set_defaults(func=cmd_bon)
+
+
+def _window_options(p: argparse.ArgumentParser) -> None:
+    from engine.scorer import WINDOW_AGG, WINDOW_AGGS
+
+    p.add_argument("--window-agg", choices=list(WINDOW_AGGS), default=WINDOW_AGG,
+                   help="with --on-too-long window: how the windows' scores make one "
+                        f"(default {WINDOW_AGG}, the best measured: bench/results/long_inputs.md)")
+
+
+def _too_long_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-too-long", choices=["error", "window"], default="error",
+                   help="a response longer than the model's context: an error (default), or "
+                        "scored in overlapping windows (cross-encoders)")
+    _window_options(p)
+
+
+def _too_long(args: argparse.Namespace) -> dict[str, str]:
+    """``Scorer.compare``/``rank``'s long-input options from the command line."""
+    return {"on_too_long": args.on_too_long, "window_agg": args.window_agg}
+
+
+def _window_fields(scores) -> dict:
+    """``windows`` and ``policy`` for JSON output, only when a window policy was asked for."""
+    policy = next((s.policy for s in scores if s.policy), None)
+    return {"windows": [s.windows for s in scores], "policy": policy} if policy else {}
 
 
 def _conversation_options(p: argparse.ArgumentParser) -> None:
@@ -133,22 +163,28 @@ def cmd_score(args: argparse.Namespace) -> int:
             info = rm.info
             # written beside the target and renamed at the end: a failed run leaves no half file
             with atomic_output(args.output) as f:
-                n, cut, skipped = _score_rows(args, rm, f, bar)
+                n, cut, skipped, windowed, policy = _score_rows(args, rm, f, bar)
     finally:
         bar.close()
     summary = {"rows": n, "rows_cut": cut, "rows_skipped": skipped, "output": str(args.output),
                "model": info.name, "format": info.format, "dtype": info.dtype}
+    if policy:
+        summary |= {"rows_windowed": windowed, "policy": policy}
     human = f"scored {n} rows with {info.name} ({info.format} {info.dtype}) -> {args.output}"
     if cut:
         human += f"\n{cut} rows had their conversation cut from the start to fit (see cut_tokens)"
     if skipped:
         human += f"\n{skipped} rows not scored: the response alone exceeds the context (score null)"
+    if windowed:
+        human += f"\n{windowed} rows scored in windows: the response alone exceeds the context ({policy})"
     emit(args, summary, human)
     return 0
 
 
-def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None) -> tuple[int, int, int]:
-    """Score every input row into ``f``; returns (rows, rows cut, rows skipped)."""
+def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None
+                ) -> tuple[int, int, int, int, str | None]:
+    """Score every input row into ``f``; returns (rows, rows cut, rows skipped, rows windowed,
+    the window policy's name or None)."""
     from engine.errors import InputError, InputTooLongError, ModelError
     from engine.jsonl import read_items
     from engine.output import json_line
@@ -164,10 +200,11 @@ def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None)
         except UnicodeDecodeError as e:  # the reader names the line where it can; this is the fallback
             raise InputError(f"not valid UTF-8 ({e.reason})", source=source) from None
 
-    n = cut = skipped = 0
+    n = cut = skipped = windowed = 0
+    policy = None
     try:
         for s in rm.iter_scores(items(), batch_size=args.batch_size, progress=bar,
-                                on_too_long=args.on_too_long):
+                                on_too_long=args.on_too_long, window_agg=args.window_agg):
             line, row = rows.popleft()
             if s.skipped:
                 row.update(score=None, skipped=s.skipped, model=rm.info.name)
@@ -178,14 +215,18 @@ def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None)
             else:
                 row.update(score=s.value, n_tokens=s.n_tokens, cut_tokens=s.cut_tokens,
                            model=rm.info.name)
+                if s.policy:
+                    row.update(windows=s.windows, policy=s.policy)
             f.write(json_line(row, source=source, line=line))
             n += 1
             cut += s.cut_tokens > 0
             skipped += s.skipped is not None
+            windowed += s.windows > 1
+            policy = policy or s.policy
     except InputTooLongError as e:
         line = rows[e.item_index - n][0] if e.item_index is not None else None
         raise InputTooLongError(f"{source}:{line}: field 'response': {e}") from None
-    return n, cut, skipped
+    return n, cut, skipped, windowed, policy
 
 
 def _sharing(args: argparse.Namespace) -> bool | None:
@@ -210,10 +251,11 @@ def _require_finite(scores: dict[str, float]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     conv = _conversation(args)
     with load_model(args) as rm:
-        c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args))
+        c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args), **_too_long(args))
         info = rm.info
     _require_finite({"A": c.score_a.value, "B": c.score_b.value})
-    data = {**c.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
+    data = {**c.to_dict(), **_window_fields([c.score_a, c.score_b]), "model": info.name,
+            "format": info.format, "dtype": info.dtype}
     star = {"A": ("*", " "), "B": (" ", "*"), "tie": (" ", " ")}[c.winner]
     human = (f"{star[0]} A  {c.score_a.value:+.4f}\n{star[1]} B  {c.score_b.value:+.4f}\n"
              f"margin (A-B) {c.margin:+.4f}   P(A better than B) = {c.p_a_better:.1%}\n"
@@ -221,6 +263,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for label, s in (("A", c.score_a), ("B", c.score_b)):
         if s.cut_tokens:
             human += f"\nnote: {s.cut_tokens} conversation tokens cut from the start for {label}"
+        if s.windows > 1:
+            human += f"\nnote: {label} scored in {s.windows} windows ({s.policy})"
     emit(args, data, human)
     return 0
 
@@ -229,10 +273,13 @@ def cmd_bon(args: argparse.Namespace) -> int:
     conv = _conversation(args)
     candidates = read_candidates(args.candidates)
     with load_model(args) as rm:
-        r = rm.rank(conv, candidates, shared_prompt=_sharing(args))
+        r = rm.rank(conv, candidates, shared_prompt=_sharing(args), **_too_long(args))
         info = rm.info
     _require_finite({f"candidate {c.index}": c.score.value for c in r.candidates})
     data = {**r.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
+    by_index = sorted(r.candidates, key=lambda c: c.index)
+    if fields := _window_fields([c.score for c in by_index]):  # in input order, like "index"
+        data |= fields
     lines = [f"{'rank':>4}  {'score':>9}  {'P(best>this)':>12}  response"]
     for k, c in enumerate(r.candidates, start=1):
         preview = c.response.replace("\n", " ")
@@ -240,6 +287,8 @@ def cmd_bon(args: argparse.Namespace) -> int:
         lines.append(f"{k:>4}  {c.score.value:+9.4f}  {c.p_best_vs_this:>12.1%}  [{c.index}] {preview}")
     lines.append(f"best: candidate {r.best.index}   model {info.name} ({info.format} {info.dtype})"
                  f"{_shared_note(r.prompt_shared)}")
+    if n_win := sum(c.score.windows > 1 for c in r.candidates):
+        lines.append(f"{n_win} candidate(s) scored in windows ({r.best.score.policy})")
     emit(args, data, "\n".join(lines))
     return 0
 

@@ -63,6 +63,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"## {b['name']} ({b['format']})")
         lines.append("")
         note = f"{b['records']} records, {b['skipped']} skipped (too long for the model)"
+        if b.get("policy"):  # a window policy scores long responses instead of skipping them
+            note += f"; policy: {b['policy']}, {b['windowed']} windowed (a response over the context)"
         if b.get("ties"):
             note += f", {b['ties']} ties excluded from accuracy"
         lines += [note, ""]

@@ -7,6 +7,7 @@ FORMAT when one is given), all files of one format in a folder forming one bench
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -14,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InputError
+from engine.errors import InputError, InputTooLongError
 from engine.files import file_info
 from engine.output import write_text
-from engine.scorer import CancelToken, Scorer
+from engine.scorer import WINDOW_AGG, CancelToken, Scorer
 from engine.types import Item, Score
 from trainer.data.importers import canonical_format
 from trainer.eval.benchmarks import METRICS, evaluate
@@ -116,14 +117,35 @@ def _load(bench: Benchmark, limit: int | None) -> list[tuple[str, str, Record]]:
     return out[:limit] if limit is not None else out
 
 
+def policy_identity(model_id: str, policy: str | None) -> str:
+    """The store's model identity under a long-input policy: the model's own without windows
+    (skip, as before), else one per policy, so windowed scores never mix with skipped ones."""
+    if policy is None:
+        return model_id
+    return hashlib.sha256(json.dumps([model_id, policy]).encode()).hexdigest()
+
+
+def _windowed(scorer: Scorer, rec: Record) -> bool:
+    """Whether a record has a response over the context (scored in windows under a policy)."""
+    for resp in rec.responses:
+        try:
+            scorer.encode(Item(rec.conversation, resp))
+        except InputTooLongError:
+            return True
+    return False
+
+
 def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id: str, *,
                     limit: int | None = None, batch_size: int | None = None,
                     progress: Progress | None = None, cancel: CancelToken | None = None,
-                    commit_every: int = COMMIT_EVERY) -> tuple[list[Scored], int, int]:
+                    commit_every: int = COMMIT_EVERY, on_too_long: str = "skip",
+                    window_agg: str = WINDOW_AGG) -> tuple[list[Scored], int, int]:
     """Score every response not already in the store; returns (scored records, new, reused).
 
     New scores are committed every ``commit_every`` items and on any interruption
-    (cancel, Ctrl-C, an error), so the next run starts from there.
+    (cancel, Ctrl-C, an error), so the next run starts from there. ``on_too_long``: "skip"
+    (a record with a response over the context is left out of the metrics) or "window"
+    (:meth:`Scorer.iter_scores`); ``model_id`` must then be :func:`policy_identity`'s.
     """
     records = _load(bench, limit)
     done = {sha: store.scores(model_id, sha) for sha in {sha for sha, _, _ in records}}
@@ -137,7 +159,8 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
     last_commit = time.monotonic()
     try:
         stream = scorer.iter_scores((it for _, _, it in pending), batch_size=batch_size, cancel=cancel,
-                                    total=len(pending), on_too_long="skip", window=commit_every,
+                                    total=len(pending), on_too_long=on_too_long, window_agg=window_agg,
+                                    window=commit_every,
                                     progress=(lambda d, t: progress(bench.name, d, t)) if progress else None)
         for (sha, key, _), s in zip(pending, stream, strict=False):
             fresh[sha, key] = s
@@ -157,8 +180,9 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
     return scored, len(fresh), sum(len(r.responses) for _, _, r in records) - len(fresh)
 
 
-def _bench_entry(bench: Benchmark, scored: Sequence[Scored], fmt_metrics: str) -> dict[str, Any]:
-    entry = {"name": bench.name, **evaluate(fmt_metrics, scored)}
+def _bench_entry(bench: Benchmark, scored: Sequence[Scored], fmt_metrics: str,
+                 policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry = {"name": bench.name, **evaluate(fmt_metrics, scored), **(policy or {})}
     entry["format"] = bench.format
     entry["files"] = [{"path": str(f), "sha256": file_info(f).sha256} for f in bench.files]
     return entry
@@ -182,17 +206,27 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
               limit: int | None = None, batch_size: int | None = None,
               progress: Progress | None = None, cancel: CancelToken | None = None,
               store: EvalStore | None = None, plots: bool = True,
-              commit_every: int = COMMIT_EVERY) -> Outcome:
-    """Evaluate a loaded model on benchmarks; resumable, recorded in the store."""
+              commit_every: int = COMMIT_EVERY, on_too_long: str = "skip",
+              window_agg: str = WINDOW_AGG) -> Outcome:
+    """Evaluate a loaded model on benchmarks; resumable, recorded in the store.
+
+    ``on_too_long``: "skip" (records with a response over the context are left out, counted
+    in ``skipped``) or "window" (scored in windows combined by ``window_agg``; each benchmark
+    records ``policy`` and how many records were ``windowed``)."""
+    if on_too_long not in ("skip", "window"):
+        raise InputError(f"{on_too_long!r}: expected skip or window", field="on_too_long")
+    policy = scorer.window_policy(window_agg).name if on_too_long == "window" else None
     store = store or EvalStore()
     benches, ignored = resolve(specs)
     info = scorer.info
-    model_id = model_identity(info)
+    model_id = policy_identity(model_identity(info), policy)
     files_meta = [{"name": b.name, "format": b.format,
                    "files": [{"path": str(f), "sha256": file_info(f).sha256} for f in b.files]}
                   for b in benches]
     run_id = store.run_id(model_id, files_meta, limit)
     options = {"limit": limit, "batch_size": batch_size}
+    if policy:  # without one the options (and the run id's inputs) stay what older versions wrote
+        options["policy"] = policy
     store.start_run(run_id, info, model_id, files_meta, options)
     started = time.time()
     outcome = Outcome({})
@@ -201,10 +235,12 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
         for bench in benches:
             scored, new, reused = score_benchmark(scorer, bench, store, model_id, limit=limit,
                                                   batch_size=batch_size, progress=progress, cancel=cancel,
-                                                  commit_every=commit_every)
+                                                  commit_every=commit_every, on_too_long=on_too_long,
+                                                  window_agg=window_agg)
             outcome.items_scored += new
             outcome.items_reused += reused
-            entries.append(_bench_entry(bench, scored, bench.format))
+            windows = {"policy": policy, "windowed": sum(_windowed(scorer, s.record) for s in scored)}
+            entries.append(_bench_entry(bench, scored, bench.format, windows if policy else None))
     except BaseException:
         store.finish_run(run_id, None, status="interrupted")
         raise
