@@ -26,8 +26,12 @@ def test_sets_are_held_out_labelled_and_reproducible(shared_data, tmp_path):
         assert len(rows) == s["rows"] and sum(r["label"] for r in rows) == s["unsafe"]
         assert {r["label"] for r in rows} <= {0, 1}
         assert not any(mm._norm(r["text"]) in train or held.trained_on(r["text"]) for r in rows), name
-    # the check has teeth: MaliciousInstruct's prompts are mostly among the training prompts
-    assert stats["maliciousinstruct"]["dropped_trained_on"] > 50
+    # the check has teeth: TDC 2023's training behaviours include some of HarmBench's test ones,
+    # and every training text is caught
+    assert stats["harmbench"]["dropped_trained_on"] >= 1
+    texts = ms.training_texts(shared_data)
+    assert all(held.trained_on(t) for t in texts[:: max(1, len(texts) // 50)])
+    assert stats["xstest"]["rows"] > 150  # XSTest's held-out half, not the whole file
     benign = [sorted(r["text"] for r in _rows(Path(stats[n]["path"])) if r["label"] == 0)
               for n in ("harmbench", "advbench", "strongreject", "maliciousinstruct", "harmful-all")]
     assert all(b == benign[0] for b in benign) and len(benign[0]) == ms.HARMLESS_ROWS
