@@ -44,12 +44,7 @@ def logits(hf: Path, texts: list[tuple[str, str | None]]):
     with torch.inference_mode():
         for k in range(0, len(order), 64):
             rows = order[k:k + 64]
-            n = max(len(ids[i]) for i in rows)
-            x = torch.zeros((len(rows), n), dtype=torch.long)
-            m = torch.zeros((len(rows), n), dtype=torch.long)
-            for j, i in enumerate(rows):
-                x[j, :len(ids[i])] = torch.tensor(ids[i])
-                m[j, :len(ids[i])] = 1
+            x, m = mm.padded(ids, rows)
             out[rows] = model(input_ids=x, attention_mask=m, token_type_ids=torch.zeros_like(x)).logits.numpy()
     return out
 

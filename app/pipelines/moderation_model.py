@@ -226,6 +226,19 @@ def item_of(text: str, context: str | None):
     return Item(conversation(context if context else NEUTRAL_PROMPT), text)
 
 
+def padded(ids: Sequence[Sequence[int]], rows: Sequence[int]):
+    """(input ids, attention mask) of ``ids[rows]``, right-padded to the longest: long [B, T] each."""
+    import torch
+
+    n = max(len(ids[i]) for i in rows)
+    x = torch.zeros((len(rows), n), dtype=torch.long)
+    m = torch.zeros((len(rows), n), dtype=torch.long)
+    for j, i in enumerate(rows):
+        x[j, :len(ids[i])] = torch.tensor(ids[i])
+        m[j, :len(ids[i])] = 1
+    return x, m
+
+
 def cls_states(model_dir: Path, texts: Sequence[tuple[str, str | None]], *, batch: int = 32,
                progress: bool = True) -> Any:
     """The frozen encoder's final [CLS] hidden state per (text, context): float32 [N, hidden]."""
@@ -242,12 +255,7 @@ def cls_states(model_dir: Path, texts: Sequence[tuple[str, str | None]], *, batc
     with torch.inference_mode():
         for k in range(0, len(order), batch):
             rows = order[k:k + batch]
-            n = max(len(ids[i]) for i in rows)
-            x = torch.zeros((len(rows), n), dtype=torch.long)
-            m = torch.zeros((len(rows), n), dtype=torch.long)
-            for j, i in enumerate(rows):
-                x[j, :len(ids[i])] = torch.tensor(ids[i])
-                m[j, :len(ids[i])] = 1
+            x, m = padded(ids, rows)
             h = body(input_ids=x, attention_mask=m, token_type_ids=torch.zeros_like(x)).last_hidden_state[:, 0]
             out[rows] = h.numpy()
             if progress and (k // batch) % 20 == 0:
