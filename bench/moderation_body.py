@@ -3,6 +3,9 @@
 Each variant is trained by the recipe's own functions (app/pipelines/moderation_model.py) on the
 same seeded training texts, then scored with torch (first 128 tokens of a text; no windows) on:
 
+Texts are cut to the recipe's first 600 characters (``TRAIN_CHARS``), as training cuts them; no
+windows, so this compares bodies, not the shipped pipeline (the reports do that).
+
 * openai-moderation's calibration split: AUROC of ``overall`` and the mean AUROC of the eight
   categories; the ``overall`` threshold is fitted here, at the F1-best point;
 * XSTest's held-out half (app/pipelines/moderation_xstest.py): AUROC, and the share of its safe
@@ -38,7 +41,9 @@ def logits(hf: Path, texts: list[tuple[str, str | None]]):
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(hf).eval()
-    ids = mm.token_ids(hf, texts)
+    # framed as the recipe frames its training texts: the first TRAIN_CHARS characters (a text
+    # that still tokenizes past 128 tokens is scored as the recipe's stand-in, counted below)
+    ids = mm.token_ids(hf, [(mm._cut(t), c) for t, c in texts])
     out = np.zeros((len(ids), len(mm.OUTPUTS)), dtype=np.float64)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     with torch.inference_mode():
@@ -125,7 +130,7 @@ def main() -> int:
              f"`.venv/bin/python bench/moderation_body.py --variants {args.variants} --epochs {args.epochs}"
              + "".join(f" --reuse {r}" for r in args.reuse) + "` "
              f"({time.strftime('%Y-%m-%d')}; training mix {json.dumps(mm.mix_of(ex, pairs))}; scores from torch, "
-             "first 128 tokens; thresholds fitted on the calibration split's `overall`, F1-best).", "",
+             "each text cut to its first 600 characters as training cuts them, no windows; thresholds fitted on the calibration split's `overall`, F1-best).", "",
              "| metric | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{rows[v][n]:.3f}" if isinstance(rows[v][n], float)
