@@ -53,7 +53,7 @@ bench: install
 default-model: install
 	$(PY) -m app.pipelines.default_model $(DEFAULT_MODEL_ARGS)
 
-# Rebuild the built-in moderation model (needs ../shared/data; about 10 minutes on 2 shared CPU cores)
+# Rebuild the built-in moderation model (needs ../shared/data; about 20 minutes on 2 shared CPU cores)
 moderation-model: install
 	$(PY) -m app.pipelines.moderation_model
 

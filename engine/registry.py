@@ -186,9 +186,8 @@ def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
         return Entry(DEFAULT, path, detect_format(path), builtin=True)
     if spec_s == MODERATION:
         if (path := moderation_model_path(format)) is None:
-            raise ModelError("the built-in moderation model is missing from this install (engine/builtin/"
-                             "moderation/onnx ships with Arbiter): reinstall, or `make moderation-model` "
-                             "rebuilds it from ../shared/data")
+            raise ModelError("the built-in moderation model is not built in this checkout (its weights are "
+                             "not kept in git): `make moderation-model` builds it from ../shared/data")
         return Entry(MODERATION, path, detect_format(path), builtin=True)
     registered = models_dir() / spec_s
     if "/" not in spec_s and "\\" not in spec_s and registered.exists():

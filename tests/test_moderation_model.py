@@ -202,8 +202,11 @@ def test_a_reward_model_has_one_output_and_no_categories(onnx_models):
 # ---- the shipped model ------------------------------------------------------------------------
 
 def _shipped() -> None:
-    """The ONNX copy ships in git; a checkout without it is broken, not skipped."""
-    assert (SHIPPED / "onnx" / "model.onnx").is_file(), f"{SHIPPED}/onnx/model.onnx is missing"
+    """Its weights are a build product, not kept in git (like the desktop bundle): a checkout
+    without them skips, with the command that builds them."""
+    if not (SHIPPED / "onnx" / "model.onnx").is_file():
+        pytest.skip(f"{SHIPPED}/onnx: the built-in moderation model is not built in this checkout "
+                    "(`make moderation-model` builds it from ../shared/data)")
 
 
 def test_the_shipped_copies_agree_and_name_their_outputs():

@@ -483,8 +483,8 @@ def ship_copies(work: Path, calibration: Path, *, parity_items: int = 200) -> di
 
     Not int8 / q8_0: the head reads small differences of one [CLS] state, so the quantized
     bodies' rounding moves its logits by whole units (build.json "verify"), while float16
-    weights move them by hundredths, at half fp32's size: the ONNX copy (about 45 MB) is kept
-    in git like the default model; the GGUF copy is built by ``make moderation-model``.
+    weights move them by hundredths, at half fp32's size. Neither copy is kept in git (only the
+    default model's weights are): ``make moderation-model`` builds both.
     """
     import numpy as np
 
@@ -631,8 +631,9 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
              "categories are `null` (not scored: no data labels them).", "",
              "Rebuilt by `make moderation-model` (`app/pipelines/moderation_model.py`; seeded). The ONNX copy "
              f"(`onnx/model.onnx`, {b['sizes'].get('onnx fp16-stored (MiB)', '?')} MiB: float32 compute, weights "
-             "stored as float16) ships in git like the default model; the GGUF copy (`gguf/model-f16.gguf`, "
-             f"{b['sizes'].get('gguf f16 (MiB)', '?')} MiB) is built by that command from `../shared/data`.", "",
+             "stored as float16) and the GGUF copy (`gguf/model-f16.gguf`, "
+             f"{b['sizes'].get('gguf f16 (MiB)', '?')} MiB) are not kept in git: that command builds them from "
+             "`../shared/data`.", "",
              "## Data", "", "| source | texts |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in b["mix"].items()]
     lines += ["", "Dropped by decontamination (13-gram or whole normalised text shared with an evaluation "
