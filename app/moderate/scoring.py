@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,11 +51,9 @@ class Verdict:
 
 def model_sha256(info) -> str:
     """One sha256 for a model: its file's, or for a folder the sha256 of its files' list."""
-    files = sorted(info.files, key=lambda f: f.path)
-    if len(files) == 1:
-        return files[0].sha256
-    listing = "".join(f"{f.path}\t{f.sha256}\n" for f in files)
-    return hashlib.sha256(listing.encode()).hexdigest()
+    from engine.files import model_digest
+
+    return model_digest(info.files)
 
 
 def category_heads(rm) -> tuple[str, ...] | None:
