@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 BUILTIN = ROOT / "engine" / "builtin" / "default"
-BENCHMARKS = ("judgebench", "rm-bench", "llmbar", "rmb", "mt-bench")
+#: every dev benchmark the card reports is decontaminated against (13-grams); Auto-J joined on
+#: 2026-12-02 (the shipped default was built before: its build.json lists what it was checked against)
+BENCHMARKS = ("judgebench", "rm-bench", "llmbar", "rmb", "mt-bench", "auto-j")
 
 
 def _files(folder: Path, patterns: tuple[str, ...] = ("*.json", "*.jsonl", "*.jsonl.gz")) -> list[Path]:
