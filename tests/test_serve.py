@@ -498,3 +498,36 @@ def test_score_and_rerank_share_the_prompt_on_a_decoder_that_can(onnx_models, ho
     assert [s["score"] for s in unshared.json()["scores"]] == pytest.approx(full, abs=1e-5)
     by_index = {r["index"]: r["relevance_score"] for r in rerank.json()["results"]}
     assert [by_index[i] for i in range(4)] == pytest.approx(full, abs=1e-4)
+
+
+def test_on_too_long_window_scores_long_responses_as_the_engine_does(home, rm):
+    """`--on-too-long window`: /v1/score and /rerank score a response over the context in windows
+    (the same values and policy as the engine's own windows); /get_reward's rendered text must fit."""
+    from engine.types import Item, conversation
+
+    long_answer = "Paris is the capital of France, on the Seine. " * 120  # ~1,300 tokens: several windows
+    h = start_server(["--on-too-long", "window"], env=home)
+    try:
+        with h.client() as c:
+            scored = c.post("/v1/score", json={"prompt": PROMPT, "responses": ["Paris.", long_answer]})
+            reranked = c.post("/v1/rerank", json={"query": PROMPT, "documents": ["Paris.", long_answer]})
+            text = c.post("/get_reward", json={"query": [PROMPT + long_answer], "prompts": [PROMPT]})
+    finally:
+        h.stop()
+    assert scored.status_code == reranked.status_code == 200, (scored.text, reranked.text)
+    want = rm.score([Item(conversation(PROMPT), "Paris."), Item(conversation(PROMPT), long_answer)],
+                    on_too_long="window")
+    assert want[1].windows > 1
+    for row, w in zip(scored.json()["scores"], want, strict=True):
+        assert row["score"] == pytest.approx(w.value, abs=1e-6)
+        assert (row["windows"], row["policy"]) == (w.windows, w.policy)
+    by_index = {r["index"]: r["relevance_score"] for r in reranked.json()["results"]}
+    assert by_index[1] == pytest.approx(want[1].value, abs=1e-6)
+    assert (text.status_code, text.json()["error_type"]) == (422, "input_too_long")
+
+
+def test_on_too_long_window_refuses_a_decoder_before_binding(home, hf_models):
+    r = run_cli(["--on-too-long", "window", "--model", str(hf_models["qwen3"]), "--port", "0"], home)
+    assert r.returncode == 2, r.stderr
+    assert "cannot score in windows" in r.stderr and "--on-too-long" in r.stderr
+    assert "Traceback" not in r.stderr and "listening" not in r.stderr

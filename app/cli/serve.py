@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_MAX_WAIT_MS,
         DEFAULT_PORT,
     )
+    from engine.scorer import WINDOW_AGG, WINDOW_AGGS
 
     p = sub.add_parser("serve", help="serve reward models over HTTP (OpenRLHF /get_reward, rerank, ...)",
                        conflict_handler="resolve")
@@ -61,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="thresholds.json (arbiter moderate calibrate) for /v1/moderations; it applies "
                         "to the served model whose sha256 it records (repeat for several models); "
                         "default: the built-in thresholds")
+    p.add_argument("--on-too-long", choices=["error", "window"], default="error",
+                   help="a response longer than a model's context: a 422 input_too_long (default), or "
+                        "scored in overlapping windows, each score saying how many (cross-encoders; "
+                        "/get_reward's rendered texts must still fit)")
+    p.add_argument("--window-agg", choices=list(WINDOW_AGGS), default=WINDOW_AGG,
+                   help=f"with --on-too-long window: how the windows' scores make one (default {WINDOW_AGG})")
     p.set_defaults(func=cmd_serve)
 
 
@@ -88,7 +95,8 @@ def settings_from_args(args: argparse.Namespace):
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_items_per_request=args.max_items_per_request, max_request_bytes=args.max_request_bytes,
         batch_size=args.batch_size, cors_origins=tuple(args.cors_origin or ()),
-        moderation_thresholds=tuple(args.moderation_thresholds or ()))
+        moderation_thresholds=tuple(args.moderation_thresholds or ()),
+        on_too_long=args.on_too_long, window_agg=args.window_agg)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

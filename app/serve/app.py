@@ -81,12 +81,28 @@ def load_models(settings: Settings) -> dict[str, Scorer]:
     return out
 
 
+def _check_windows(opened: Mapping[str, Scorer], agg: str) -> None:
+    """``--on-too-long window`` needs every served model to window (a decoder's score is read at
+    the end of its turn, so it cannot): refused before the server binds, naming the model."""
+    from engine.errors import InputError
+
+    for name, rm in opened.items():
+        try:
+            rm.window_policy(agg)
+        except InputError as e:
+            why = e.reason.split("; use on_too_long")[0]  # the engine's advice names its own values
+            raise InputError(f"model {name!r} cannot score in windows: {why}; serve it without "
+                             "--on-too-long window, or on its own server", field="--on-too-long") from None
+
+
 def create_app(settings: Settings, scorers: Mapping[str, Scorer] | None = None) -> FastAPI:
     """The app; ``scorers`` (name -> opened model) skips loading, and the app closes them at shutdown."""
     metrics = Metrics()
     opened = dict(scorers) if scorers is not None else load_models(settings)
     try:
         moderation = _moderation_thresholds(settings.moderation_thresholds, opened)
+        if settings.on_too_long == "window":
+            _check_windows(opened, settings.window_agg)
     except BaseException:
         if scorers is None:  # ours to close: a bad thresholds file stops the server before it binds
             for rm in opened.values():
@@ -94,7 +110,9 @@ def create_app(settings: Settings, scorers: Mapping[str, Scorer] | None = None) 
         raise
     served = {name: Served(name, rm, Batcher(rm, name, metrics, max_batch_items=settings.max_batch_items,
                                              max_wait_s=settings.max_wait_ms / 1000.0,
-                                             max_queue=settings.max_queue, batch_size=settings.batch_size))
+                                             max_queue=settings.max_queue, batch_size=settings.batch_size,
+                                             windows=settings.on_too_long == "window",
+                                             window_agg=settings.window_agg))
               for name, rm in opened.items()}
 
     @asynccontextmanager
@@ -440,7 +458,9 @@ def _score_body(name: str, responses: list[str], scored: Scored) -> dict:
         "model": name,
         "scores": [{"index": i, "score": x.value, "margin_to_best": x.value - best,
                     "p_best_better": by_index[i].p_best_vs_this, "n_tokens": x.n_tokens,
-                    "cut_tokens": x.cut_tokens} for i, x in enumerate(scored.scores)],
+                    "cut_tokens": x.cut_tokens,
+                    **({"windows": x.windows, "policy": x.policy} if x.policy else {})}
+                   for i, x in enumerate(scored.scores)],
         "ranking": [c.index for c in ranking.candidates],
         "best_index": ranking.best.index,
         "prompt_shared": scored.prompt_shared,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from app.serve.metrics import Metrics
 from engine.errors import InputTooLongError, ModelError
-from engine.scorer import Scorer
+from engine.scorer import WINDOW_AGG, Scorer
 from engine.types import Conversation, Item, Score
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,14 @@ class Batcher:
     """A bounded queue and the one thread that runs a model's scorer."""
 
     def __init__(self, scorer: Scorer, name: str, metrics: Metrics, *, max_batch_items: int,
-                 max_wait_s: float, max_queue: int, batch_size: int | None = None) -> None:
+                 max_wait_s: float, max_queue: int, batch_size: int | None = None,
+                 windows: bool = False, window_agg: str = WINDOW_AGG) -> None:
         self.scorer, self.name, self.metrics = scorer, name, metrics
         self.max_batch_items, self.max_wait_s, self.max_queue = max_batch_items, max_wait_s, max_queue
         self.batch_size = batch_size
+        #: a response over the context: windows (``--on-too-long window``), else a skipped row
+        #: that :func:`_checked` turns into the request's 422
+        self.too_long = {"on_too_long": "window" if windows else "skip", "window_agg": window_agg}
         self._queue: deque[Work] = deque()
         self._queued = 0  # items in _queue
         self._cond = threading.Condition()
@@ -239,7 +243,7 @@ class Batcher:
             # from ranking alone: its candidates are merged with the other requests' as items
             merged = [w for w in group if not self._shares(w)]
             flat = self.scorer.score([Item(w.conversation, r) for w in merged for r in w.responses],
-                                     batch_size=self.batch_size, on_too_long="skip") if merged else []
+                                     batch_size=self.batch_size, **self.too_long) if merged else []
             out: list[Scored | Exception] = []
             start = 0
             for w in group:
@@ -251,7 +255,7 @@ class Batcher:
             return out
         if kind == "items":
             flat = self.scorer.score([it for w in group for it in w.items], batch_size=self.batch_size,
-                                     on_too_long="skip")
+                                     **self.too_long)
         else:
             flat = self.scorer.score_texts([t for w in group for t in w.texts],
                                            [p for w in group for p in w.prompts], batch_size=self.batch_size)

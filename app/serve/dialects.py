@@ -169,6 +169,10 @@ class ScoredResponse(BaseModel):
     p_best_better: float  # P(the best response is better than this one); 0.5 for the best
     n_tokens: int
     cut_tokens: int  # conversation tokens cut from its start to fit the context
+    #: with ``arbiter serve --on-too-long window`` only: windows the response was scored in
+    #: (1: it fit), and the policy, e.g. ``window-max/384/stride-288``
+    windows: int | None = None
+    policy: str | None = None
 
 
 class ScoreResponse(BaseModel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.scorer import WINDOW_AGG
+
 #: defaults, in the units named; the CLI's help repeats them
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -47,3 +49,9 @@ class Settings:
     #: thresholds.json files for /v1/moderations, each applied to the served model whose sha256
     #: it names; a model without one gets the defaults (app.moderate.thresholds)
     moderation_thresholds: tuple[str, ...] = ()
+    #: a response longer than a model's context: "error" (422 ``input_too_long``, the default) or
+    #: "window" (scored in overlapping windows and combined by ``window_agg``, as ``arbiter score
+    #: --on-too-long window`` does; cross-encoders only). ``/get_reward`` never windows: it scores
+    #: the rendered text a trainer sent, which must fit.
+    on_too_long: str = "error"
+    window_agg: str = WINDOW_AGG
