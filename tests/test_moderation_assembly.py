@@ -144,3 +144,21 @@ def test_git_carries_no_file_over_5_mb_but_the_default_models_weights():
            if name and (ROOT / name).is_file() and (ROOT / name).stat().st_size > 5 * 2**20]
     assert big and all(n.startswith("engine/builtin/default/") for n in big), big
     assert (SHIPPED_DELTA / asm.DELTA_FILE).stat().st_size < 5 * 2**20
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "record not utf-8"])
+def test_a_damaged_delta_is_a_one_line_error_naming_the_file(tmp_path, damage):
+    root = _root_with_delta(tmp_path)
+    if damage == "truncated weights":
+        f = root / "delta" / asm.DELTA_FILE
+        f.write_bytes(f.read_bytes()[:1000])
+    else:
+        f = root / "delta" / asm.RECORD_FILE
+        f.write_bytes(b'{"base": "\xff\xfe"}')
+    env = {**os.environ, "ARBITER_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "exports.moderation", "--root", str(root)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and str(f) in proc.stderr
+    assert not (root / "onnx").exists() and not (root / "assembled.json").exists()
+    assert not list(root.glob(".assembly.*"))  # the stage is gone

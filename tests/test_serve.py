@@ -529,5 +529,5 @@ def test_on_too_long_window_scores_long_responses_as_the_engine_does(home, rm):
 def test_on_too_long_window_refuses_a_decoder_before_binding(home, hf_models):
     r = run_cli(["--on-too-long", "window", "--model", str(hf_models["qwen3"]), "--port", "0"], home)
     assert r.returncode == 2, r.stderr
-    assert "cannot score in windows" in r.stderr and "--on-too-long" in r.stderr
+    assert "is a decoder" in r.stderr and "--on-too-long" in r.stderr
     assert "Traceback" not in r.stderr and "listening" not in r.stderr

@@ -481,7 +481,7 @@ def export_all(hf: Path, work: Path, *, calibration: Path, parity_items: int = 2
                         "mean_abs_logit_diff": float(d.mean()), "max_abs_prob_diff": float(p.max())}
     verify["onnx fp16-stored vs gguf f16"] = {"max_abs_logit_diff": float(np.abs(got["onnx"] - got["gguf"]).max())}
     rec = json.loads((delta / asm.RECORD_FILE).read_text())
-    rec["probe"] = {fmt: asm.probe_logits(path) for fmt, path in copies.items()}
+    rec["probe"] = {fmt: asm.measure_copy(path)[1] for fmt, path in copies.items()}
     (delta / asm.RECORD_FILE).write_text(json.dumps(rec, indent=2) + "\n")
     thresholds = {fmt: write_thresholds(path, calibration, delta / f"thresholds-{fmt}.json")
                   for fmt, path in copies.items()}
@@ -697,14 +697,6 @@ def run_card_reports() -> None:
             sys.exit(f"the report failed: {cmd}")
 
 
-def cap_length(folder: Path) -> None:
-    """The tokenizer's limit is the model's (128): every export then windows at the same length."""
-    f = folder / "tokenizer_config.json"
-    cfg = json.loads(f.read_text())
-    cfg["model_max_length"] = MAX_LENGTH
-    f.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -783,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     hf = work / "hf"
     if args.skip_train and (work / "head.json").is_file():
         trained = json.loads((work / "head.json").read_text())
-        cap_length(hf)
+        from exports.moderation import cap_tokenizer
+
+        cap_tokenizer(hf, MAX_LENGTH)
     elif args.tune_layers:
         trained = tune(base, examples, pairs, hf, layers=args.tune_layers, epochs=args.epochs, seed=args.seed)
     else:

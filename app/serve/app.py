@@ -87,12 +87,11 @@ def _check_windows(opened: Mapping[str, Scorer], agg: str) -> None:
     from engine.errors import InputError
 
     for name, rm in opened.items():
-        try:
-            rm.window_policy(agg)
-        except InputError as e:
-            why = e.reason.split("; use on_too_long")[0]  # the engine's advice names its own values
-            raise InputError(f"model {name!r} cannot score in windows: {why}; serve it without "
-                             "--on-too-long window, or on its own server", field="--on-too-long") from None
+        if rm.encoder.kind == "chat":
+            raise InputError(f"model {name!r} is a decoder: it reads its score at the end of the response's "
+                             "turn, which a window cut mid-response does not have; serve it without "
+                             "--on-too-long window, or on a server of its own", field="--on-too-long")
+        rm.window_policy(agg)  # the aggregation, and a context with room for a window
 
 
 def create_app(settings: Settings, scorers: Mapping[str, Scorer] | None = None) -> FastAPI:
