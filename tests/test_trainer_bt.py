@@ -278,3 +278,21 @@ def test_best_checkpoint_follows_the_chosen_gold_metric(hf_models, tmp_path, arb
     assert res.best_step == best
     saved = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
     assert saved["best_step"] == best and saved["config"]["select_on"] == "length_balanced"
+
+
+def test_stop_after_cuts_the_run_without_shortening_the_schedule(hf_models, tmp_path, arbiter_home):
+    """A budget cut at step 3 of a 6-step linear schedule: the same first 3 steps as the full run
+    (the learning rate included), gold scored at the cut, and the run ends there."""
+    from engine.store import Store
+    from trainer.bt.runlog import RunLog
+
+    full = _decoder_run(hf_models["llama"], tmp_path / "full", 6, schedule="linear", warmup_steps=1)
+    cut = _decoder_run(hf_models["llama"], tmp_path / "cut", 6, schedule="linear", warmup_steps=1, stop_after=3)
+    assert cut.step_losses == full.step_losses[:3]
+    lr = {n: {r["step"]: r["lr"] for r in RunLog(Store.default(), res.run_id).rows("train")}
+          for n, res in (("full", full), ("cut", cut))}
+    assert lr["cut"] == {s: lr["full"][s] for s in (1, 2, 3)}
+    assert sorted(r["step"] for r in RunLog(Store.default(), cut.run_id).rows("gold")) == [2, 3]
+    assert json.loads((tmp_path / "cut" / "last" / "state" / "trainer.json").read_text())["step"] == 3
+    with pytest.raises(InputError, match="positive"):
+        TrainConfig(stop_after=0)

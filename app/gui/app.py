@@ -6,11 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-DEMO_SYSTEM = "You are a careful assistant. Answer briefly and correctly."
-DEMO_PROMPT = "What is the boiling point of water at sea level, in Celsius?"
-DEMO_A = "Water boils at 100 °C at sea level (standard atmospheric pressure, 101.325 kPa)."
-DEMO_B = "It boils at about 90 degrees, a little less on a warm day."
-
 
 def _application():
     from PySide6.QtWidgets import QApplication
@@ -70,6 +65,7 @@ def screenshot(path: str | Path, model: str | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
 
     from app.gui.main_window import MainWindow
+    from app.obvious import demo_pair
 
     app = _application()
     window = MainWindow(model, open_model=False)
@@ -77,9 +73,9 @@ def screenshot(path: str | Path, model: str | None = None) -> int:
     window.show()
     spec = window._start_spec(model)
     state = window.compare.state
-    state.conversation.load([{"role": "system", "content": DEMO_SYSTEM},
-                             {"role": "user", "content": DEMO_PROMPT}])
-    state.set_responses(DEMO_A, DEMO_B)
+    demo = demo_pair()  # fixed in app/data/obvious_cases.jsonl before any model scored it
+    state.conversation.load(demo.conversation)
+    state.set_responses(demo.a, demo.b)
 
     def settle() -> None:
         loop = QEventLoop()

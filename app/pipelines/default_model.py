@@ -67,15 +67,19 @@ def minilm_dir() -> Path:
 def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: float = 0.15,
                padded: float = 0.08, synthetic: float = 0.0) -> dict:
     """Import, clean, split and sample; writes train.jsonl and gold.jsonl; returns the report."""
+    from app.obvious import OBVIOUS_CASES
     from trainer.data import negatives
-    from trainer.data.hygiene import Decontaminator, HygieneReport, clean
+    from trainer.data.hygiene import HygieneReport, clean
     from trainer.data.importers import load
     from trainer.data.record import write_pairs
+    from trainer.data.synthetic import PromptDecontaminator
 
     rng = random.Random(seed)
     bench_files = [p for b in BENCHMARKS for p in _files(data / b)]
     report = HygieneReport()
-    decon = Decontaminator(bench_files, 13, report)
+    # 13-grams, and whole prompts for those too short to hold 13 words (the obvious cases', many
+    # benchmarks' one-liners); the card's obvious cases are an evaluation set like the others
+    decon = PromptDecontaminator([*bench_files, OBVIOUS_CASES], 13, report)
 
     def cleaned(path: Path, fmt: str, **opts) -> list:
         return list(clean(load(path, fmt, ties="drop", errors="skip", **opts) if fmt in ("pandalm", "auto-j")
@@ -128,7 +132,8 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: floa
                 "AlpacaEval GPT-4, chosen longer": len(longer), "AlpacaEval GPT-4, chosen shorter": len(shorter)},
         "chosen_longer_share": {"train": share_longer(train), "gold": share_longer(gold)},
         "hygiene": report.to_dict() if hasattr(report, "to_dict") else str(report),
-        "benchmark_files_for_decontamination": [str(p.relative_to(data)) for p in bench_files],
+        "benchmark_files_for_decontamination": [str(p.relative_to(data)) for p in bench_files]
+        + [f"app/data/{OBVIOUS_CASES.name}"],
     }
 
 
@@ -136,9 +141,12 @@ def _targeted_pairs(data: Path, donors: list, gold: list, n: int, seed: int, rep
     """``n`` rule-made pairs aimed at the failure modes (trainer/data/synthetic.py), split evenly
     over its families, by family: edits of the donors' answers, decontaminated against every
     benchmark, the safety evaluation prompts and the gold prompts. Off unless ``--synthetic``."""
+    from app.obvious import OBVIOUS_CASES
     from trainer.data import synthetic as rules
+    from trainer.data.hygiene import benchmark_prompts
 
     decon = rules.decontaminator_for(data, report)
+    decon.add_texts(benchmark_prompts(OBVIOUS_CASES), str(OBVIOUS_CASES.name))
     decon.add_texts((" ".join(m.content for m in p.conversation if m.role == "user") for p in gold), "gold")
     stats = rules.SynthesisStats()
     out: dict[str, list] = {f: [] for f in rules.FAMILIES}
@@ -160,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (linear warmup and decay)")
     ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many optimizer steps, the schedule keeping its length (a budget cut)")
     ap.add_argument("--off-topic", type=float, default=0.15, help="share of synthetic off-topic pairs")
     ap.add_argument("--padded", type=float, default=0.08, help="share of synthetic padded pairs")
     ap.add_argument("--synthetic", type=float, default=0.0,
@@ -173,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-length-control", dest="length_control", action="store_false",
                     help="ship the raw output (default: fit the length correction, trainer/bt/length_control.py)")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
+    ap.add_argument("--train-seconds", type=float, default=None,
+                    help="with --skip-train: the wall time of the training that made WORK/run/best, for the card")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
     ap.add_argument("--onnx-only", action="store_true",
                     help="only re-export the ONNX copy from WORK/run/best (verified; build.json updated)")
@@ -214,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
               notes={"recipe": "app/pipelines/default_model.py", "data": report["mix"]})
     train_s = time.time() - t0
     best = run / "best"
-    if args.skip_train and (BUILTIN / "build.json").is_file():  # the training's cost, not this re-export's
+    if args.skip_train and args.train_seconds is not None:  # the training's cost, not this re-export's
+        train_s = args.train_seconds
+    elif args.skip_train and (BUILTIN / "build.json").is_file():
         train_s = json.loads((BUILTIN / "build.json").read_text()).get("wall_seconds", train_s)
     if args.length_control:
         from trainer.bt.length_control import fit_length_correction
@@ -289,7 +303,8 @@ def recipe_config(args: argparse.Namespace, **overrides) -> TrainConfig:
                     global_batch=32, per_device_batch=16, length_balance=True, token_types="zeros",
                     select_on="length_balanced", length_head=args.length_head, length_ortho=args.length_ortho,
                     length_penalty=args.length_penalty,
-                    threads=2, precision="fp32", eval_every=25, log_every=5, epochs=args.epochs, seed=args.seed)
+                    threads=2, precision="fp32", eval_every=25, log_every=5, epochs=args.epochs, seed=args.seed,
+                    stop_after=getattr(args, "stop_after", None))
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -364,6 +379,7 @@ CARD_BENCHMARKS = (("llmbar", "llmbar/Dataset/LLMBar", None), ("rm-bench", "rm-b
 def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     """Evaluate the built-in model as users run it (``--model default``); write MODEL_CARD.md."""
     import engine
+    from app.pipelines import card_summary as cs
     from trainer.eval.report import markdown
     from trainer.eval.runner import run_model
 
@@ -371,11 +387,14 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     sections = []
     bias_rows = []  # the benchmarks' own length-bias diagnostics, gathered under the warning
     gaps: dict[str, float] = {}  # accuracy when chosen is longer minus when it is shorter, points
+    summary: list = []  # the card's one table (app/pipelines/card_summary.py)
+    t_card = time.time()
     with engine.load("default", threads=2) as rm:
         results_runtime = f"`--model default`: {rm.info.format} {rm.info.dtype}, as users run it"
         gold_controlled = _gold_split(rm, work / "gold.jsonl")
         for fmt, rel, limit in CARD_BENCHMARKS:
             out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
+            summary += cs.headline_rows(fmt, out.result)
             note = f" (first {limit} records)" if limit else ""
             sections.append(f"### {fmt}{note}\n\n" + markdown(out.result).split("\n", 1)[1].strip())
             for b in out.result["benchmarks"]:
@@ -385,6 +404,16 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                     bias_rows.append(f"| {fmt} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
                                      f"(n={sh['n']}) | {diag['score_length_correlation']['spearman']:.3f} |")
                     gaps[fmt] = lo["accuracy"] - sh["accuracy"]
+        obvious = cs.obvious_result(rm, work / "eval-obvious")
+        summary += cs.headline_rows("obvious", obvious)
+        if (gold_summary := cs.gold_row(rm, work / "gold.jsonl")) is not None:
+            summary.append(gold_summary)
+        demo_p = cs.demo_probability(rm)
+    from engine.registry import default_model_path
+
+    # the rows, for bench/default_candidates.py to set beside other candidates without rescoring
+    cs.save_rows(cs.cache_file(ROOT / "build" / "default-candidates", default_model_path(), gold=work / "gold.jsonl",
+                               rmb_limit=CARD_BENCHMARKS[-1][2], data=data), summary, demo_p, time.time() - t_card)
     t = build.get("training", {})
     g = t.get("best_gold") or {}
     if not bias_note and g.get("accuracy_chosen_shorter") is not None:
@@ -422,6 +451,12 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                           for k, v in build["verify"].items()),
         runtime=_runtime_line(), results_runtime=results_runtime,
         results="\n\n".join(sections),
+        summary=cs.markdown(summary),
+        weaknesses=cs.weaknesses(summary, obvious),
+        decon=", ".join(sorted({f.split("/")[0] for f in build["data"].get("benchmark_files_for_decontamination", [])
+                                if not f.startswith("app/")})),
+        obvious=markdown(obvious).split("\n", 1)[1].strip(),
+        demo_p=f"{demo_p:.1%}",
     )
     path = BUILTIN / "MODEL_CARD.md"
     path.write_text(card, encoding="utf-8")
@@ -446,8 +481,12 @@ def _runtime_line() -> str:
         return "No runtime measurement is shipped: the engine opens the ONNX copy first."
     rec = json.loads(path.read_text())
     order = sorted(rec["seconds"], key=rec["seconds"].__getitem__)
+    speed = ", ".join(f"{f} {rec['responses'][f] / 2 / rec['seconds'][f]:.1f}" for f in order
+                      if rec.get("responses", {}).get(f) and rec["seconds"].get(f))
     return (f"`--model default` opens the **{order[0]}** copy: {rec['why']} "
-            f"(`{rec['command']}`, {rec['measured']}). `--format {order[-1]}` opens the other.")
+            f"(`{rec['command']}`, {rec['measured']}). `--format {order[-1]}` opens the other. "
+            f"Speed on {rec.get('threads', 2)} CPU threads, RM-Bench pairs (two responses each) per second, "
+            f"tokenizing included: {speed}.")
 
 
 def _gold_split(rm, gold_file: Path) -> dict | None:

@@ -46,6 +46,9 @@ class TrainConfig:
     length_penalty: float = 0.0
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    # optimizer steps after which the run stops, the LR schedule keeping its full length: a budget
+    # cut that a rerun reproduces exactly (max_steps would shorten the schedule instead)
+    stop_after: int | None = None
     per_device_batch: int = 16  # pairs per forward pass per process (2x sequences)
     global_batch: int = 32  # pairs per optimizer step, all processes; accumulation fills the gap
     # evaluation and checkpoints
@@ -86,6 +89,8 @@ class TrainConfig:
             raise bad("select_on", "must be 'accuracy' or 'length_balanced'")
         if self.length_head < 0 or self.length_ortho < 0 or self.length_penalty < 0:
             raise bad("length_head", "length_head, length_ortho and length_penalty are weights: 0 or more")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise bad("stop_after", "must be a positive number of optimizer steps, or unset")
         if self.lr <= 0 or self.eval_every < 1 or self.log_every < 1:
             raise bad("lr", "lr, eval_every and log_every must be positive")
 

@@ -111,6 +111,8 @@ def train(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: I
     order: list[list[int]] = []
     order_epoch = -1
     for step in range(state["step"], run.total):
+        if run.cfg.stop_after and step >= run.cfg.stop_after:
+            break  # the budget cut (gold is scored at the cut): the best checkpoint so far stands
         epoch, k = divmod(step, run.steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(run.data, run.cfg, epoch), epoch
@@ -291,7 +293,7 @@ def _log_and_evaluate(run: _Run, result: TrainResult, window: _Window, done: int
         if run.runlog:
             run.runlog.log(done, "train", m)
         window.restart()
-    if done % cfg.eval_every == 0 or done == run.total:
+    if done % cfg.eval_every == 0 or done in (run.total, cfg.stop_after):
         result.last_gold = _eval_and_save(run.model, run.base, run.gold, cfg, run.accelerator, run.optimizer,
                                           run.out, done, run.trainer_state, run.runlog, run.data_info,
                                           run.pad_id)
