@@ -34,12 +34,20 @@ class DemoPair:
 def demo_pair(path: Path = OBVIOUS_CASES) -> DemoPair:
     """The case marked ``"demo": true`` (exactly one); A is its chosen answer."""
     marked = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if row.get("demo"):
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if raw.strip():
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, line {n}: not UTF-8") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not JSON ({e.msg})") from None
+            if isinstance(row, dict) and row.get("demo"):
                 marked.append((n, row))
     if len(marked) != 1:
         raise ValueError(f"{path}: expected one case marked \"demo\": true, found {len(marked)}")
-    _, row = marked[0]
+    n, row = marked[0]
+    missing = [k for k in ("id", "conversation", "chosen", "rejected") if k not in row]
+    if missing:
+        raise ValueError(f"{path}, line {n}: the demo case lacks {', '.join(missing)}")
     return DemoPair(row["id"], list(row["conversation"]), row["chosen"], row["rejected"])

@@ -39,7 +39,7 @@ def evaluate(model: str, data: Path, gold: Path | None, rmb_limit: int, threads:
                 out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=Path(tmp) / fmt, limit=limit, plots=False)
                 rows += cs.headline_rows(fmt, out.result)
             rows += cs.headline_rows("obvious", cs.obvious_result(rm, Path(tmp) / "obvious"))
-            if gold is not None and (g := cs.gold_row(rm, gold)) is not None:
+            if gold is not None and (g := cs.gold_row(cs.score_gold(rm, gold))) is not None:
                 rows.append(g)
             demo = cs.demo_probability(rm)
     return rows, demo, time.perf_counter() - t

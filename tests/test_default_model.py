@@ -90,7 +90,9 @@ def test_pinned_scores():
     with engine.load("default", format="gguf") as rm:
         for prompt, response, want in PINNED:
             got = rm.score([Item.of(prompt, response)], batch_size=1)[0].value
-            assert got == pytest.approx(want, abs=1e-3), (prompt, response)
+            # llama.cpp's q8_0 kernels take other paths per CPU: an AVX2-only EPYC gave -0.3282 for
+            # the haiku's -0.3296 (2026-12-02); the items differ from each other by 0.06 or more
+            assert got == pytest.approx(want, abs=3e-3), (prompt, response)
 
 
 def test_default_is_length_controlled_alike_in_both_files():

@@ -10,6 +10,7 @@ import pytest
 import engine
 from app.obvious import OBVIOUS_CASES, demo_pair
 from app.pipelines import card_summary as cs
+from engine.paths import builtin_dir
 from engine.registry import default_model_path
 from trainer.data.hygiene import benchmark_prompts
 from trainer.data.record import write_pairs
@@ -43,6 +44,12 @@ def test_demo_pair_refuses_a_list_without_exactly_one_demo(tmp_path):
     bad.write_text("\n".join(json.dumps({**r, "demo": True}) for r in ROWS[:2]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="found 2"):
         demo_pair(bad)
+    bad.write_bytes(b'{"id": "x", "demo": true}\n\xff\xfe not json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        demo_pair(bad)
+    bad.write_text('{"id": "x", "demo": true}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1: the demo case lacks conversation, chosen, rejected"):
+        demo_pair(bad)
 
 
 def test_training_prompts_equal_to_an_obvious_prompt_are_caught_whole():
@@ -57,7 +64,7 @@ def test_training_prompts_equal_to_an_obvious_prompt_are_caught_whole():
 @needs_default
 def test_card_summary_rows_on_the_shipped_default(tmp_path):
     """The obvious-case row, the gold row's baselines (length-balanced: 50 for either length rule)
-    and the demo probability, from the real default model."""
+    and the demo probability, from the real default model; the card states the same numbers."""
     from engine.types import conversation
     from trainer.data.record import PreferencePair
 
@@ -66,10 +73,14 @@ def test_card_summary_rows_on_the_shipped_default(tmp_path):
                  for r in ROWS], gold)
     with engine.load("default") as rm:
         (label, obvious, note), = cs.headline_rows("obvious", cs.obvious_result(rm, tmp_path / "eval"))
-        label_g, g, _ = cs.gold_row(rm, gold)
+        label_g, g, _ = cs.gold_row(cs.score_gold(rm, gold))
         demo = cs.demo_probability(rm)
     assert note.startswith("41 records, 0 skipped")
     assert g["longer"] == pytest.approx(50.0) and g["shorter"] == pytest.approx(50.0)
     assert 0.0 <= demo <= 1.0 and 0.0 <= obvious["model"] <= 100.0
+    card = (builtin_dir() / "default" / "MODEL_CARD.md").read_text(encoding="utf-8")  # states the same
+    row = next(line for line in card.splitlines() if line.startswith("| Obvious cases"))
+    assert row.split("|")[2].strip() == f"{obvious['model']:.1f}", row
+    assert f"P(A better) = {demo:.1%}" in card
     table = cs.markdown([(label, obvious, note), (label_g, g, "x")])
     assert table.splitlines()[-1].startswith("| **average** |")

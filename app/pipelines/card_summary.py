@@ -47,13 +47,11 @@ def headline_rows(name: str, result: dict[str, Any]) -> list[Row]:
     return out
 
 
-def gold_row(rm, gold_file: Path) -> Row | None:
-    """Length-balanced accuracy on the held-out human gold pairs, the model as it runs (length
-    control on) beside the baselines scored on the same pairs."""
-    import random
-
+def score_gold(rm, gold_file: Path) -> tuple[list, list[float], list[float], int] | None:
+    """The held-out gold pairs scored as the model runs (length control on), scored once for every
+    gold figure of the card: the pairs that fit, their chosen and rejected scores, and how many of
+    all the pairs were skipped as too long. None without a gold file."""
     from engine.types import Item
-    from trainer.bt.metrics import pair_metrics
     from trainer.data.record import read_pairs
 
     if not gold_file.is_file():
@@ -62,17 +60,29 @@ def gold_row(rm, gold_file: Path) -> Row | None:
     s = [x.value for x in rm.score([Item(p.conversation, r) for p in pairs for r in (p.chosen, p.rejected)],
                                    on_too_long="skip")]
     keep = [k for k in range(len(pairs)) if not (math.isnan(s[2 * k]) or math.isnan(s[2 * k + 1]))]
-    longer = [pairs[k].chosen_longer for k in keep]
-    rng = random.Random(0)  # the random baseline: one seeded coin per pair, as trainer.eval's
+    return [pairs[k] for k in keep], [s[2 * k] for k in keep], [s[2 * k + 1] for k in keep], len(pairs) - len(keep)
+
+
+def gold_row(scored: tuple[list, list[float], list[float], int] | None) -> Row | None:
+    """Length-balanced accuracy on the gold pairs (:func:`score_gold`) beside the baselines scored on
+    the same pairs."""
+    import random
+
+    from trainer.bt.metrics import pair_metrics
+
+    if scored is None:
+        return None
+    pairs, chosen, rejected, skipped = scored
+    longer = [p.chosen_longer for p in pairs]
+    rng = random.Random(0)  # the random baseline: one seeded coin per pair
     scores = {
-        "model": ([s[2 * k] for k in keep], [s[2 * k + 1] for k in keep]),
-        "random": ([rng.random() for _ in keep], [rng.random() for _ in keep]),
-        "longer": ([len(pairs[k].chosen) for k in keep], [len(pairs[k].rejected) for k in keep]),
-        "shorter": ([-len(pairs[k].chosen) for k in keep], [-len(pairs[k].rejected) for k in keep]),
+        "model": (chosen, rejected),
+        "random": ([rng.random() for _ in pairs], [rng.random() for _ in pairs]),
+        "longer": ([len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs]),
+        "shorter": ([-len(p.chosen) for p in pairs], [-len(p.rejected) for p in pairs]),
     }
     vals = {c: 100 * pair_metrics(a, b, longer)["accuracy_length_balanced"] for c, (a, b) in scores.items()}
-    return ("Gold, human pairs held out (length-balanced)", vals,
-            f"{len(pairs)} pairs, {len(pairs) - len(keep)} skipped")
+    return ("Gold, human pairs held out (length-balanced)", vals, f"{len(pairs) + skipped} pairs, {skipped} skipped")
 
 
 def obvious_result(rm, out_dir: Path) -> dict[str, Any]:

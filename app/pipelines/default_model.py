@@ -183,8 +183,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-length-control", dest="length_control", action="store_false",
                     help="ship the raw output (default: fit the length correction, trainer/bt/length_control.py)")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
-    ap.add_argument("--train-seconds", type=float, default=None,
-                    help="with --skip-train: the wall time of the training that made WORK/run/best, for the card")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
     ap.add_argument("--onnx-only", action="store_true",
                     help="only re-export the ONNX copy from WORK/run/best (verified; build.json updated)")
@@ -226,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
               notes={"recipe": "app/pipelines/default_model.py", "data": report["mix"]})
     train_s = time.time() - t0
     best = run / "best"
-    if args.skip_train and args.train_seconds is not None:  # the training's cost, not this re-export's
-        train_s = args.train_seconds
-    elif args.skip_train and (BUILTIN / "build.json").is_file():
+    if args.skip_train and (BUILTIN / "build.json").is_file():  # the training's cost, not this re-export's
         train_s = json.loads((BUILTIN / "build.json").read_text()).get("wall_seconds", train_s)
     if args.length_control:
         from trainer.bt.length_control import fit_length_correction
@@ -391,7 +387,8 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     t_card = time.time()
     with engine.load("default", threads=2) as rm:
         results_runtime = f"`--model default`: {rm.info.format} {rm.info.dtype}, as users run it"
-        gold_controlled = _gold_split(rm, work / "gold.jsonl")
+        gold = cs.score_gold(rm, work / "gold.jsonl")
+        gold_controlled = _gold_split(gold)
         for fmt, rel, limit in CARD_BENCHMARKS:
             out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
             summary += cs.headline_rows(fmt, out.result)
@@ -406,7 +403,7 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                     gaps[fmt] = lo["accuracy"] - sh["accuracy"]
         obvious = cs.obvious_result(rm, work / "eval-obvious")
         summary += cs.headline_rows("obvious", obvious)
-        if (gold_summary := cs.gold_row(rm, work / "gold.jsonl")) is not None:
+        if (gold_summary := cs.gold_row(gold)) is not None:
             summary.append(gold_summary)
         demo_p = cs.demo_probability(rm)
     from engine.registry import default_model_path
@@ -489,19 +486,15 @@ def _runtime_line() -> str:
             f"tokenizing included: {speed}.")
 
 
-def _gold_split(rm, gold_file: Path) -> dict | None:
-    """Gold accuracy of the model as shipped (length control on), split by which answer is longer."""
-    from engine.types import Item
+def _gold_split(scored) -> dict | None:
+    """Gold accuracy of the model as shipped (length control on), split by which answer is longer,
+    from ``card_summary.score_gold``'s scores."""
     from trainer.bt.metrics import pair_metrics
-    from trainer.data.record import read_pairs
 
-    if not gold_file.is_file():
+    if scored is None:
         return None
-    pairs = [p for p in read_pairs(gold_file) if not p.tie]
-    s = [x.value for x in rm.score([Item(p.conversation, r) for p in pairs for r in (p.chosen, p.rejected)],
-                                   on_too_long="skip")]
-    keep = [k for k in range(len(pairs)) if not (math.isnan(s[2 * k]) or math.isnan(s[2 * k + 1]))]
-    return pair_metrics([s[2 * k] for k in keep], [s[2 * k + 1] for k in keep], [pairs[k].chosen_longer for k in keep])
+    pairs, chosen, rejected, _ = scored
+    return pair_metrics(chosen, rejected, [p.chosen_longer for p in pairs])
 
 
 def lean_sentence(gaps: dict[str, float], tolerance: float = 10.0) -> str:
