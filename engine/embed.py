@@ -71,7 +71,8 @@ class Embedder:
         # the end is cut, [CLS]/[SEP] kept (module docstring)
         self._tok.enable_truncation(max_length=self.max_length)
         providers = choose_providers(device)
-        self.session: Any = load_session(self.model_file, session_options(threads), providers)
+        self.session: Any = load_session(self.model_file, session_options(threads), providers,
+                                          str(meta["dtype"]) if "dtype" in meta else None)
         check_started(device, providers, self.session.get_providers())
         self._inputs = {i.name for i in self.session.get_inputs()}
         output = str(meta.get("output") or "last_hidden_state")

@@ -33,6 +33,7 @@ from engine.devices import (
 from engine.encoding import Encoder, TokenizerFiles
 from engine.errors import ModelError
 from engine.files import folder_files
+from engine.int8_weights import session_source
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, architecture_of, read_meta
 from engine.scorer import Batch, Scorer, length_batches, pad_batch
 from engine.types import Item, ModelInfo
@@ -85,12 +86,26 @@ def session_options(threads: int | None) -> Any:
     return opts
 
 
-def load_session(model_file: Path, opts: Any, providers: list[str]) -> Any:
+def load_session(model_file: Path, opts: Any, providers: list[str], dtype: str | None = None) -> Any:
     """An InferenceSession, or a ModelError naming the file (truncated, not ONNX)."""
+    return open_session(model_file, opts, providers, dtype)[0]
+
+
+def open_session(model_file: Path, opts: Any, providers: list[str],
+                 dtype: str | None = None) -> tuple[Any, str]:
+    """The session, and how its int8 weights are read (engine/int8_weights.py).
+
+    ``dtype``: arbiter.json's; a float export is opened as it is, an int8 or unknown one
+    has its int8 weights read as uint8 on CPUs without VNNI, where U8S8 would clip.
+    """
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
+        source, weights = (session_source(model_file) if dtype in (None, "int8")
+                           else (str(model_file), "as stored"))
+        return ort.InferenceSession(source, sess_options=opts, providers=providers), weights
+    except ModelError:
+        raise
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
         raise ModelError(f"{model_file}: onnxruntime cannot load this file ({e}). "
                          "The file may be truncated or not an ONNX model; re-export it.") from e
@@ -146,7 +161,8 @@ class OnnxScorer(Scorer):
         opts = session_options(threads)
         requested = choose_providers(device)
         self._opts, self._providers = opts, requested
-        self.session = self._open(model_file)
+        self._dtype = str(meta["dtype"]) if "dtype" in meta else None
+        self.session, int8_weights = open_session(model_file, opts, requested, self._dtype)
         in_use = self.session.get_providers()
         check_started(device, requested, in_use)
         self._inputs = {i.name for i in self.session.get_inputs()}
@@ -189,6 +205,7 @@ class OnnxScorer(Scorer):
             provider=provider,
             length_correction=float(meta.get("length_correction") or 0.0),
             extra={"threads": threads or 0, "inputs": sorted(self._inputs), "outputs": list(self.output_names),
+                   "int8_weights": int8_weights,
                    "prompt_sharing": self._prefix_file is not None,
                    "prompt_sharing_by_default": self._prefix_file is not None and self.share_prompt_by_default},
         )
@@ -196,7 +213,7 @@ class OnnxScorer(Scorer):
                          share_prompt_by_default=self.share_prompt_by_default)
 
     def _open(self, model_file: Path) -> Any:
-        return load_session(model_file, self._opts, self._providers)
+        return load_session(model_file, self._opts, self._providers, self._dtype)
 
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

@@ -1,0 +1,112 @@
+"""int8 weights read as uint8 on CPUs without VNNI (engine/int8_weights.py).
+
+The rewrite must be lossless (every weight dequantizes to the same float), cover static
+(QDQ) and dynamic (MatMulInteger) exports, and give the scores a VNNI CPU gives. On a VNNI
+CPU "as stored" and "as uint8" are both exact, so they must agree to the last bit there;
+on a CPU without VNNI the engine's default ("auto") is the rewrite, so the default must
+equal the forced rewrite on every machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+import engine
+from engine.errors import ModelError
+from engine.modelmeta import read_meta, write_meta
+from engine.int8_weights import ENV, _weight_sites, cpu_has_vnni, unsigned_weights, vnni_flags, wanted
+from exports.onnx import quantize_int8
+from exports.probes import probe_items
+
+EPYC_FLAGS = "flags\t\t: fpu vme sse4_2 avx f16c fma avx2 bmi2 sha_ni clzero\n"
+XEON_FLAGS = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni avx_vnni amx_int8\n"
+
+
+def _dequantized(model) -> dict[str, np.ndarray]:
+    """Every matmul weight of an int8 graph as the float it stands for: (w - zp) * scale."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or inits[node.input[0]].ndim != 2:
+            continue
+        w, scale = inits[node.input[0]].astype(np.int32), inits[node.input[1]]
+        zp = inits[node.input[2]].astype(np.int32) if len(node.input) > 2 else 0
+        out[node.input[0]] = (w - zp) * scale
+    return out
+
+
+def _scores(folder, monkeypatch, weights: str) -> tuple[np.ndarray, str]:
+    monkeypatch.setenv(ENV, weights)
+    with engine.load(folder) as rm:
+        return np.array([s.value for s in rm.score(probe_items()[0])]), rm.info.extra["int8_weights"]
+
+
+def test_vnni_is_read_from_cpuinfo_flags():
+    assert vnni_flags(EPYC_FLAGS) == set()
+    assert vnni_flags(XEON_FLAGS) == {"avx512_vnni", "avx_vnni"}
+    assert isinstance(cpu_has_vnni(), bool)
+
+
+def test_the_choice_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(ENV, "unsigned")
+    assert wanted()
+    monkeypatch.setenv(ENV, "signed")
+    assert not wanted()
+    monkeypatch.setenv(ENV, "always")
+    with pytest.raises(ModelError, match=ENV):
+        wanted()
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "minilm"])
+def test_rewrite_is_lossless_and_leaves_no_int8_matmul_weight(arch, onnx_models):
+    model = onnx.load(str(onnx_models[arch, "int8"] / "model.onnx"))
+    before = _dequantized(model)  # matmul weights and the (already uint8) embedding table
+    weights = {w for w, _, _ in _weight_sites(model.graph)}
+    assert len(weights) > 10 and unsigned_weights(model) == len(weights)
+    after = _dequantized(model)
+    assert before.keys() == after.keys() and weights < after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert _weight_sites(model.graph) == []
+    inits = {t.name: t for t in model.graph.initializer}
+    assert all(inits[k].data_type == TensorProto.UINT8 for k in weights)
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "minilm"])
+def test_default_equals_the_rewrite_on_this_cpu(arch, onnx_models, monkeypatch):
+    """Bit-equal where it counts: VNNI (both exact) or not (the default is the rewrite)."""
+    folder = onnx_models[arch, "int8"]
+    auto, how_auto = _scores(folder, monkeypatch, "auto")
+    unsigned, how = _scores(folder, monkeypatch, "unsigned")
+    assert how.startswith("uint8 (") and ENV in how
+    assert how_auto == ("as stored" if cpu_has_vnni() else how.replace(ENV, "no VNNI on this CPU"))
+    assert np.abs(auto - unsigned).max() <= 1e-5
+    if cpu_has_vnni():  # U8S8 clips nothing here: the file as stored gives the same integers
+        signed, _ = _scores(folder, monkeypatch, "signed")
+        assert np.abs(signed - unsigned).max() <= 1e-5
+
+
+def test_dynamic_int8_matmulinteger_is_rewritten_too(onnx_models, tmp_path, monkeypatch):
+    """Legacy dynamic exports: MatMulInteger's int8 B and its zero point."""
+    fp32 = onnx_models["minilm", "fp32"]
+    folder = tmp_path / "dynamic"
+    shutil.copytree(fp32, folder, ignore=shutil.ignore_patterns("*.onnx"))
+    quantize_int8(fp32 / "model.onnx", folder / "model.onnx", calibration=None)
+    write_meta(folder, {**read_meta(folder), "dtype": "int8", "activation_quant": "dynamic"})
+    model = onnx.load(str(folder / "model.onnx"))
+    assert any(n.op_type == "MatMulInteger" for n in model.graph.node)
+    assert unsigned_weights(model) > 0 and _weight_sites(model.graph) == []
+    auto, _ = _scores(folder, monkeypatch, "auto")
+    unsigned, how = _scores(folder, monkeypatch, "unsigned")
+    assert how.startswith("uint8 (")
+    assert np.abs(auto - unsigned).max() <= 1e-5
+
+
+def test_float_exports_are_opened_as_stored(onnx_models, monkeypatch):
+    _, how = _scores(onnx_models["minilm", "fp32"], monkeypatch, "unsigned")
+    assert how == "as stored"
