@@ -16,6 +16,9 @@ scores (measured: max |diff| 0.0 on the tiny decoders and the built-in default),
 without VNNI now computes the integers a VNNI one does. Where VNNI is there the file is
 used as it is: U8U8 ran at 0.56x U8S8's speed on that Xeon (bench/int8_weights.py).
 
+The edge folder stores its int8 file so (``rewrite_file``): its runners open it with a
+plain onnxruntime, on whatever CPU the device has, and must reproduce the golden scores.
+
 ``ARBITER_INT8_WEIGHTS`` overrides the choice: ``auto`` (default: by CPU), ``unsigned``
 (always rewrite), ``signed`` (never: the file as it is).
 """
@@ -170,6 +173,23 @@ def unsigned_weights(model: Any) -> int:
         if zp is None:
             _add_zero_point(graph, node, w, inits)
     return len({w for w, _, _ in sites} & done)
+
+
+def rewrite_file(path: Path) -> int:
+    """``unsigned_weights`` on one ONNX file, saved over it; how many weights were rewritten.
+
+    For files that other runtimes open as they are (the edge folder's ``runner.py``, the
+    Node runner): there nothing reads them as uint8 on the way in, so they are stored so.
+    """
+    import onnx
+
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+    model = onnx.load(str(path))
+    count = unsigned_weights(model)
+    if count:  # a graph above protobuf's 2 GB keeps its weights beside it, as it came
+        onnx.save(model, str(path), save_as_external_data=external, location=f"{path.name}_data")
+    return count
 
 
 def session_source(model_file: Path) -> tuple[str | bytes, str]:

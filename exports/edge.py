@@ -31,6 +31,7 @@ from pathlib import Path
 
 from engine.errors import ModelError
 from engine.files import sha256_file
+from engine.int8_weights import rewrite_file
 from engine.modelmeta import read_meta
 from engine.types import Item, conversation
 
@@ -168,6 +169,8 @@ def _build(sources: EdgeSources, stage: Path) -> None:
     first = sources.folders.get("fp32") or sources.folders["int8"]
     for kind, folder in sources.folders.items():
         _copy_model(folder, stage / MODEL_FILES[kind])
+        if kind == "int8":  # plain onnxruntime on the device: U8U8, so no CPU clips (engine/int8_weights.py)
+            rewrite_file(stage / MODEL_FILES[kind])
     _copy_text_files(first, stage)
     with engine.load(first, format="onnx") as rm:
         meta = edge_meta(rm, sources)
@@ -227,6 +230,7 @@ def edge_meta(rm, sources: EdgeSources) -> dict:
         "score": {"meaning": SCORE_MEANING, "normalisation": "none"},
         "moderation_thresholds": None,
         "tolerance": TOLERANCE,
+        "int8_weights": "uint8 (zero point 128): the same integers on every CPU" if "int8" in sources.folders else None,
     }
     if sources.fp32_absent_reason and "fp32" not in sources.folders:
         meta["fp32_absent_reason"] = sources.fp32_absent_reason

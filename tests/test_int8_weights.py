@@ -18,8 +18,15 @@ from onnx import TensorProto, numpy_helper
 
 import engine
 from engine.errors import ModelError
+from engine.int8_weights import (
+    ENV,
+    _weight_sites,
+    cpu_has_vnni,
+    unsigned_weights,
+    vnni_flags,
+    wanted,
+)
 from engine.modelmeta import read_meta, write_meta
-from engine.int8_weights import ENV, _weight_sites, cpu_has_vnni, unsigned_weights, vnni_flags, wanted
 from exports.onnx import quantize_int8
 from exports.probes import probe_items
 
@@ -110,3 +117,12 @@ def test_dynamic_int8_matmulinteger_is_rewritten_too(onnx_models, tmp_path, monk
 def test_float_exports_are_opened_as_stored(onnx_models, monkeypatch):
     _, how = _scores(onnx_models["minilm", "fp32"], monkeypatch, "unsigned")
     assert how == "as stored"
+
+
+def test_models_info_says_how_int8_weights_are_read(monkeypatch, capsys):
+    from app.cli.main import main
+
+    monkeypatch.setenv(ENV, "unsigned")
+    assert main(["models", "info", "default", "--format", "onnx"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("int8 weights"))
+    assert "uint8 (" in line and "matmul weights rewritten" in line

@@ -71,6 +71,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"{'runtime':<14} {choice.format}, because {choice.reason} "
                      "(--format onnx|gguf opens the other copy)")
     lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
+    if info.format == "onnx" and info.dtype == "int8":  # engine/int8_weights.py: by CPU
+        lines.append(f"{'int8 weights':<14} {info.extra.get('int8_weights', 'as stored')}")
     if info.length_correction:
         lines.append(f"{'length control':<14} score = output - {info.length_correction:.4f} x log(1 + response chars)")
     lines += [f"  {f.path}  {f.size / 1e6:.1f} MB  sha256 {f.sha256}" for f in info.files]
