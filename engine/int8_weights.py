@@ -19,15 +19,23 @@ used as it is: U8U8 ran at 0.56x U8S8's speed on that Xeon (bench/int8_weights.p
 The edge folder stores its int8 file so (``rewrite_file``): its runners open it with a
 plain onnxruntime, on whatever CPU the device has, and must reproduce the golden scores.
 
+The rewritten copy is cached (``ARBITER_HOME/cache/int8-uint8/``, one entry per source
+file, remade when its size or mtime changes, safe to delete): parsing costs a load about
+0.6 s for the 24 MB default (most of it ``import onnx``) and more for large models, and a
+cached copy opens as fast as the original.
+
 ``ARBITER_INT8_WEIGHTS`` overrides the choice: ``auto`` (default: by CPU), ``unsigned``
 (always rewrite), ``signed`` (never: the file as it is).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 from collections import defaultdict
 from functools import lru_cache
@@ -36,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ModelError
+from engine.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ ENV = "ARBITER_INT8_WEIGHTS"
 MODES = ("auto", "unsigned", "signed")
 _MATMULS = {"MatMul", "Gemm"}
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
+#: the cache of rewritten copies (engine.paths.data_dir()/cache/CACHE_DIR); bump the version
+#: when the rewrite changes, so old copies are remade
+CACHE_DIR, CACHE_VERSION = "int8-uint8", 1
 #: protobuf's limit on one serialized graph; larger ones are written beside their data
 _PROTO_LIMIT = 2**31 - 2**20
 
@@ -192,14 +203,74 @@ def rewrite_file(path: Path) -> int:
     return count
 
 
+def _how(count: int) -> str:
+    return f"uint8 ({count} matmul weights rewritten: {'no VNNI on this CPU' if mode() == 'auto' else ENV})"
+
+
+def _stamp(model_file: Path) -> dict:
+    """What the cached copy was made from: a changed source (size, mtime) is rewritten again."""
+    st = model_file.stat()
+    return {"source": str(model_file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "version": CACHE_VERSION}
+
+
+def cache_entry(model_file: Path) -> Path:
+    """The cache folder of one source file: one entry per path, remade when the file changes."""
+    from engine.paths import data_dir
+
+    key = hashlib.sha256(str(model_file.resolve()).encode()).hexdigest()[:20]
+    return data_dir() / "cache" / CACHE_DIR / key
+
+
+def _cached(entry: Path, stamp: dict, name: str) -> int | None:
+    """The rewritten weights' count of a current entry (0: nothing to rewrite), else None."""
+    try:
+        saved = json.loads((entry / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if {k: saved.get(k) for k in stamp} != stamp or not isinstance(saved.get("count"), int):
+        return None
+    return saved["count"] if saved["count"] == 0 or (entry / name).is_file() else None
+
+
+def _save(model: Any, entry: Path, name: str, stamp: dict, count: int) -> None:
+    """Write the entry so that a reader never sees half of it: the graph first, the stamp last."""
+    import onnx
+
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=entry))
+    try:
+        if count:
+            big = model.ByteSize() >= _PROTO_LIMIT
+            onnx.save(model, str(tmp / name), save_as_external_data=big, location=f"{name}_data")
+            if big:
+                os.replace(tmp / f"{name}_data", entry / f"{name}_data")
+            os.replace(tmp / name, entry / name)
+        (tmp / "stamp.json").write_text(json.dumps({**stamp, "count": count}))
+        os.replace(tmp / "stamp.json", entry / "stamp.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def session_source(model_file: Path) -> tuple[str | bytes, str]:
     """What to open ``model_file`` from, and how its int8 weights are read (for ModelInfo).
 
-    The file's path where nothing is rewritten; the rewritten graph's bytes otherwise (a
-    graph above protobuf's 2 GB is written to a temporary folder, whose path is returned).
+    The file's own path where nothing is rewritten. Otherwise the rewritten copy in the
+    cache (``ARBITER_HOME/cache/int8-uint8/``; made once per source file, remade when it
+    changes; safe to delete), so a large model is not parsed again at every load; where the
+    cache cannot be written, the rewritten graph's bytes.
     """
     if not wanted():
         return str(model_file), "as stored"
+    name, stamp = model_file.name, _stamp(model_file)
+    try:
+        entry: Path | None = cache_entry(model_file)
+    except InputError as e:  # ARBITER_HOME unusable: rewrite in memory
+        log.info("%s: no cache for the uint8 copy (%s)", model_file, e)
+        entry = None
+    count = _cached(entry, stamp, name) if entry else None
+    if count is not None:  # a current copy: no parsing, not even onnx's import (0.6 s)
+        return (str(entry / name), _how(count)) if count and entry else (str(model_file), "as stored")
     try:
         import onnx
     except ImportError:
@@ -209,13 +280,18 @@ def session_source(model_file: Path) -> tuple[str | bytes, str]:
         return str(model_file), "as stored (onnx package missing)"
     model = onnx.load(str(model_file))
     count = unsigned_weights(model)
+    if count:
+        log.info("%s: int8 weights read as %s", model_file, _how(count))
+    try:
+        if entry:
+            _save(model, entry, name, stamp, count)
+            return (str(entry / name), _how(count)) if count else (str(model_file), "as stored")
+    except OSError as e:
+        log.info("%s: the uint8 copy could not be cached (%s); rewritten in memory", model_file, e)
     if not count:
         return str(model_file), "as stored"
-    how = f"uint8 ({count} matmul weights rewritten: {'no VNNI on this CPU' if mode() == 'auto' else ENV})"
-    log.info("%s: int8 weights read as %s", model_file, how)
     if model.ByteSize() < _PROTO_LIMIT:
-        return model.SerializeToString(), how
-    folder = Path(tempfile.mkdtemp(prefix="arbiter-u8-"))  # removed with the machine's temp files
-    onnx.save(model, str(folder / model_file.name), save_as_external_data=True,
-              location=f"{model_file.name}_data")
-    return str(folder / model_file.name), how
+        return model.SerializeToString(), _how(count)
+    raise ModelError(f"{model_file}: its uint8 copy is over 2 GB and the cache "
+                     f"({entry or 'ARBITER_HOME'}) cannot be written; set ARBITER_HOME to a writable folder "
+                     f"or {ENV}=signed")

@@ -9,7 +9,10 @@ equal the forced rewrite on every machine.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,11 +20,14 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 import engine
-from engine.errors import ModelError
+from engine import int8_weights
+from engine.errors import InputError, ModelError
 from engine.int8_weights import (
     ENV,
     _weight_sites,
+    cache_entry,
     cpu_has_vnni,
+    session_source,
     unsigned_weights,
     vnni_flags,
     wanted,
@@ -126,3 +132,41 @@ def test_models_info_says_how_int8_weights_are_read(monkeypatch, capsys):
     assert main(["models", "info", "default", "--format", "onnx"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("int8 weights"))
     assert "uint8 (" in line and "matmul weights rewritten" in line
+
+
+def test_the_uint8_copy_is_cached_and_remade_when_the_source_changes(onnx_models, tmp_path, monkeypatch):
+    folder = Path(shutil.copytree(onnx_models["minilm", "int8"], tmp_path / "m"))
+    source = folder / "model.onnx"
+    monkeypatch.setenv(ENV, "unsigned")
+    first, how = session_source(source)
+    entry = cache_entry(source)
+    assert first == str(entry / "model.onnx") and how.startswith("uint8 (")
+    stamp = json.loads((entry / "stamp.json").read_text())
+    assert stamp["source"] == str(source.resolve()) and stamp["count"] > 10
+
+    def no_parsing(*a, **k):
+        raise AssertionError("a current cached copy must not be parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx, "load", no_parsing)
+        assert session_source(source) == (first, how)
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    assert session_source(source) == (first, how)  # remade: the stamp follows the file
+    assert json.loads((entry / "stamp.json").read_text())["mtime_ns"] == source.stat().st_mtime_ns
+    scores, _ = _scores(folder, monkeypatch, "unsigned")
+    def no_home(_):  # what engine.paths says of an ARBITER_HOME that cannot be a folder
+        raise InputError("ARBITER_HOME: /x is not a folder")
+
+    monkeypatch.setattr(int8_weights, "cache_entry", no_home)
+    in_memory, how = session_source(source)
+    assert isinstance(in_memory, bytes) and how.startswith("uint8 (")
+    again, _ = _scores(folder, monkeypatch, "unsigned")
+    assert np.array_equal(scores, again)
+
+
+def test_a_graph_with_nothing_to_rewrite_is_remembered_as_such(onnx_models, monkeypatch):
+    source = onnx_models["minilm", "fp32"] / "model.onnx"
+    monkeypatch.setenv(ENV, "unsigned")
+    assert session_source(source) == (str(source), "as stored")  # no arbiter.json dtype given
+    assert json.loads((cache_entry(source) / "stamp.json").read_text())["count"] == 0
+    assert not (cache_entry(source) / "model.onnx").exists()
