@@ -97,6 +97,15 @@ def test_frozen_scores_equal_the_bundle_venv(bundle, rows, fmt, tmp_path):
         assert [v["what"] for v in probe.values()] == ["decoded"]
 
 
+def test_frozen_app_reads_int8_weights_as_uint8_when_asked(bundle, tmp_path):
+    """onnx is in the bundle, so on a CPU without VNNI the frozen app rewrites as the dev venv does."""
+    proc = _run([str(bundle / f"arbiter{EXE}"), "models", "info", "default", "--format", "onnx"],
+                tmp_path / "home", ARBITER_INT8_WEIGHTS="unsigned")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("int8 weights"))
+    assert "matmul weights rewritten" in line, line
+
+
 def test_frozen_gui_screenshot(bundle, tmp_path):
     from PySide6.QtGui import QImage
 
