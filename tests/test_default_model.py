@@ -95,6 +95,20 @@ def test_pinned_scores():
             assert got == pytest.approx(want, abs=3e-3), (prompt, response)
 
 
+#: the same items' scores from the ONNX int8 copy (2026-12-02, an AVX-512 VNNI Xeon). Every x86 CPU
+#: computes the same int8 integers (engine/int8_weights.py reads the weights as uint8 where U8S8
+#: would clip), so these hold to float rounding (1e-3: the float ops still take other paths per
+#: CPU); an AVX2-only CPU that clipped scored the obvious cases 68.3% where this copy scores 58.5%
+PINNED_ONNX = [-0.28041, -0.48160, -0.76563, -0.31394]
+
+
+def test_pinned_onnx_int8_scores_hold_on_every_cpu():
+    with engine.load("default", format="onnx") as rm:
+        for (prompt, response, _), want in zip(PINNED, PINNED_ONNX, strict=True):
+            got = rm.score([Item.of(prompt, response)], batch_size=1)[0].value
+            assert got == pytest.approx(want, abs=1e-3), (prompt, response, rm.info.extra["int8_weights"])
+
+
 def test_default_is_length_controlled_alike_in_both_files():
     """The shipped beta (trainer/bt/length_control.py) is in both files and subtracted from the output."""
     import math
