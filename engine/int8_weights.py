@@ -30,6 +30,7 @@ cached copy opens as fast as the original.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -186,20 +188,33 @@ def unsigned_weights(model: Any) -> int:
     return len({w for w, _, _ in sites} & done)
 
 
+def _write(model: Any, path: Path, external: bool, location: str | None = None) -> None:
+    """Save ``model`` at ``path``; ``external``: its weights in ``location`` beside it."""
+    import onnx
+
+    onnx.save(model, str(path), save_as_external_data=external, location=location or f"{path.name}_data")
+
+
 def rewrite_file(path: Path) -> int:
     """``unsigned_weights`` on one ONNX file, saved over it; how many weights were rewritten.
 
     For files that other runtimes open as they are (the edge folder's ``runner.py``, the
     Node runner): there nothing reads them as uint8 on the way in, so they are stored so.
+    A graph whose weights came in a data file beside it keeps them in a file of that name.
     """
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL
-                   for t in onnx.load(str(path), load_external_data=False).graph.initializer)
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # parsed once; the layout read first
+    locations = sorted({e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                        for e in t.external_data if e.key == "location"})
+    if locations:
+        load_external_data_for_model(model, str(path.parent))
     count = unsigned_weights(model)
-    if count:  # a graph above protobuf's 2 GB keeps its weights beside it, as it came
-        onnx.save(model, str(path), save_as_external_data=external, location=f"{path.name}_data")
+    if count:
+        for name in locations:  # onnx refuses to write over a data file (FileExistsError): start afresh
+            (path.parent / name).unlink()
+        _write(model, path, bool(locations), locations[0] if len(locations) == 1 else None)
     return count
 
 
@@ -233,16 +248,26 @@ def _cached(entry: Path, stamp: dict, name: str) -> int | None:
     return saved["count"] if saved["count"] == 0 or (entry / name).is_file() else None
 
 
-def _save(model: Any, entry: Path, name: str, stamp: dict, count: int) -> None:
-    """Write the entry so that a reader never sees half of it: the graph first, the stamp last."""
-    import onnx
+#: a half-written entry older than this was left by a killed process: removed by the next writer
+STALE_WRITE_S = 3600
 
+
+def _save(model: Any, entry: Path, name: str, stamp: dict, count: int) -> None:
+    """Write the entry so that a reader never sees half of it: the graph first, the stamp last.
+
+    Each writer works in its own ``.writing-*`` folder (several processes may open the same
+    model at once); one that a kill -9 left behind is removed once it is an hour old.
+    """
     entry.mkdir(parents=True, exist_ok=True)
+    for old in entry.glob(".writing-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > STALE_WRITE_S:
+                shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=entry))
     try:
         if count:
             big = model.ByteSize() >= _PROTO_LIMIT
-            onnx.save(model, str(tmp / name), save_as_external_data=big, location=f"{name}_data")
+            _write(model, tmp / name, big)
             if big:
                 os.replace(tmp / f"{name}_data", entry / f"{name}_data")
             os.replace(tmp / name, entry / name)

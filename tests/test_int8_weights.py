@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from engine.int8_weights import (
     _weight_sites,
     cache_entry,
     cpu_has_vnni,
+    rewrite_file,
     session_source,
     unsigned_weights,
     vnni_flags,
@@ -150,8 +152,14 @@ def test_the_uint8_copy_is_cached_and_remade_when_the_source_changes(onnx_models
     with monkeypatch.context() as m:
         m.setattr(onnx, "load", no_parsing)
         assert session_source(source) == (first, how)
+    killed, busy = entry / ".writing-killed", entry / ".writing-busy"  # a kill -9's leftover; a live writer's
+    for folder_, age in ((killed, 2 * int8_weights.STALE_WRITE_S), (busy, 60)):
+        folder_.mkdir()
+        (folder_ / "model.onnx").write_bytes(b"half")
+        os.utime(folder_, (time.time() - age, time.time() - age))
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
     assert session_source(source) == (first, how)  # remade: the stamp follows the file
+    assert not killed.exists() and busy.is_dir()
     assert json.loads((entry / "stamp.json").read_text())["mtime_ns"] == source.stat().st_mtime_ns
     scores, _ = _scores(folder, monkeypatch, "unsigned")
     def no_home(_):  # what engine.paths says of an ARBITER_HOME that cannot be a folder
@@ -170,3 +178,19 @@ def test_a_graph_with_nothing_to_rewrite_is_remembered_as_such(onnx_models, monk
     assert session_source(source) == (str(source), "as stored")  # no arbiter.json dtype given
     assert json.loads((cache_entry(source) / "stamp.json").read_text())["count"] == 0
     assert not (cache_entry(source) / "model.onnx").exists()
+
+
+def test_rewrite_file_keeps_weights_stored_beside_the_graph(onnx_models, tmp_path):
+    """An edge folder's file whose weights come in model_int8.onnx_data keeps that layout."""
+    model = onnx.load(str(onnx_models["minilm", "int8"] / "model.onnx"))
+    before = _dequantized(model)
+    path = tmp_path / "model_int8.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="model_int8.onnx_data", size_threshold=0)
+    size = (tmp_path / "model_int8.onnx_data").stat().st_size
+    assert rewrite_file(path) > 10
+    assert (tmp_path / "model_int8.onnx_data").stat().st_size < 1.5 * size  # written afresh, not added to
+    stored = onnx.load(str(path), load_external_data=False)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer)
+    after = _dequantized(onnx.load(str(path)))
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert _weight_sites(onnx.load(str(path)).graph) == []
