@@ -194,3 +194,13 @@ def test_rewrite_file_keeps_weights_stored_beside_the_graph(onnx_models, tmp_pat
     after = _dequantized(onnx.load(str(path)))
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert _weight_sites(onnx.load(str(path)).graph) == []
+
+
+def test_a_truncated_int8_file_is_a_clear_error_and_caches_nothing(onnx_models, tmp_path, monkeypatch):
+    folder = Path(shutil.copytree(onnx_models["minilm", "int8"], tmp_path / "m"))
+    source = folder / "model.onnx"
+    source.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
+    monkeypatch.setenv(ENV, "unsigned")
+    with pytest.raises(ModelError, match=r"model\.onnx: this file cannot be loaded as ONNX .*truncated"):
+        engine.load(folder)
+    assert not (cache_entry(source) / "stamp.json").exists()
