@@ -201,6 +201,6 @@ def test_a_truncated_int8_file_is_a_clear_error_and_caches_nothing(onnx_models, 
     source = folder / "model.onnx"
     source.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
     monkeypatch.setenv(ENV, "unsigned")
-    with pytest.raises(ModelError, match=r"model\.onnx: this file cannot be loaded as ONNX .*truncated"):
+    with pytest.raises(ModelError, match=r"model\.onnx: cannot load this file as ONNX .*truncated"):
         engine.load(folder)
     assert not (cache_entry(source) / "stamp.json").exists()

@@ -107,7 +107,7 @@ def open_session(model_file: Path, opts: Any, providers: list[str],
     except ModelError:
         raise
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
-        raise ModelError(f"{model_file}: this file cannot be loaded as ONNX ({e}). "
+        raise ModelError(f"{model_file}: cannot load this file as ONNX ({e}). "
                          "The file may be truncated or not an ONNX model; re-export it.") from e
 
 
