@@ -210,9 +210,9 @@ def _validate(path: Path, fmt: Format) -> None:
     parsed when the tokenizers package is installed.
     """
     if fmt == "gguf":
-        from engine.gguf_file import read_model_header
+        from engine.gguf_adapter import read_scorable
 
-        read_model_header(path)
+        read_scorable(path)  # an adapter: its base found and checked too
         return
     from engine.encoding import TokenizerFiles, load_tokenizer
     from engine.modelmeta import read_config, read_meta

@@ -14,7 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="Hugging Face folder of a *ForSequenceClassification reward model "
                                 "(--edge: also an Arbiter ONNX folder, or default)")
     p.add_argument("out", help="new folder for the exported model")
-    p.add_argument("--format", choices=["onnx", "gguf"], help="required unless --edge")
+    p.add_argument("--format", choices=["onnx", "gguf", "gguf-lora"],
+                   help="required unless --edge; gguf-lora: a LoRA run (trainer lora_rank > 0) as a "
+                        "GGUF adapter over the GGUF base it was trained on (OUT/model-lora-f16.gguf)")
+    p.add_argument("--base", default=None,
+                   help="gguf-lora: the base GGUF (default: the .gguf the run was trained from)")
     p.add_argument("--quant", default=None,
                    help="onnx: fp32 (default) or int8; gguf: comma-separated f32,f16,q8_0,q4_k_m "
                         "(default f16), one file each; --edge: fp32 (fp32 only) or int8 (int8 as "
@@ -40,7 +44,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         from engine.errors import InputError
 
         raise InputError("give --format onnx or --format gguf (or --edge for an edge folder)")
-    if args.format == "gguf":
+    if args.format == "gguf-lora":
+        outputs = [_export_lora(args)]
+    elif args.format == "gguf":
         from exports.gguf import export_gguf
 
         quants = tuple(q.strip() for q in (args.quant or "f16").split(",") if q.strip())
@@ -61,6 +67,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         rc = 0 if all(r.passed for r in reports) else 1
     emit(args, data, human)
     return rc
+
+
+def _export_lora(args: argparse.Namespace):
+    """``--format gguf-lora``: the adapter file in a new OUT folder."""
+    from pathlib import Path
+
+    from engine.errors import InputError
+    from engine.modelmeta import read_meta
+    from exports.lora_gguf import export_lora_gguf
+
+    src, out = Path(args.src), Path(args.out)
+    base = args.base or read_meta(src).get("source")
+    if not base or not str(base).endswith(".gguf"):
+        raise InputError(f"{src} was not trained from a .gguf base; give the base with --base", field="--base")
+    dtype = args.quant or "f16"
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not empty; choose a new folder", field="out")
+    out.mkdir(parents=True, exist_ok=True)
+    return export_lora_gguf(src, Path(base), out / f"model-lora-{dtype}.gguf", dtype=dtype)
 
 
 def cmd_export_edge(args: argparse.Namespace) -> int:

@@ -66,7 +66,8 @@ from engine.devices import (
 from engine.encoding import Encoded, Encoder, PairLayout, TokenizerFiles, utf8
 from engine.errors import ModelError
 from engine.files import file_info
-from engine.gguf_file import GgufHeader, read_model_header, reward_head
+from engine.gguf_adapter import RewardAdapter, read_scorable
+from engine.gguf_file import GgufHeader, reward_head
 from engine.scorer import CancelToken, Scorer
 from engine.types import ModelInfo
 
@@ -235,14 +236,17 @@ class GgufScorer(Scorer):
                  max_length: int | None = None, batch_size: int = 16, name: str | None = None,
                  pack_tokens: int = 0) -> None:
         path = Path(path)
-        header = read_model_header(path)  # structure and hparams validated before llama.cpp sees it
+        # structure and hparams validated before llama.cpp sees it; an adapter's base found by sha256
+        header, self.adapter = read_scorable(path)
         self.kind = _kind(header)
         self.llama = _llama()
-        self.model = self._ctx = None  # set first: close() frees whatever a failed load left
+        self.model = self._ctx = self._lora = None  # set first: close() frees whatever a failed load left
         self._ctx_size = 0
         self._lock = threading.Lock()
         _live.add(self)
-        n_gpu_layers = self._load_model(path, header, device)
+        n_gpu_layers = self._load_model(self.adapter.base if self.adapter else path, header, device)
+        if self.adapter:
+            self._load_adapter(self.adapter)
         if self.kind == "head":
             self.head_w, self.head_b = self._head(path, header)
         #: a RANK head's outputs (llama.cpp's n_cls_out, named by {arch}.classifier.output_labels):
@@ -271,6 +275,13 @@ class GgufScorer(Scorer):
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_embd = ll.llama_model_n_embd(self.model)
         return mp.n_gpu_layers
+
+    def _load_adapter(self, adapter: RewardAdapter) -> None:
+        """llama.cpp reads the LoRA tensors; every context gets them (``_context``) at scale 1."""
+        self._lora = self.llama.llama_adapter_lora_init(self.model, str(adapter.path).encode())
+        if not self._lora:
+            raise ModelError(f"{adapter.path}: llama.cpp could not apply this LoRA adapter to "
+                             f"{adapter.base.name} (run with -v for its log)")
 
     def _head(self, path: Path, header: GgufHeader) -> tuple[np.ndarray, float]:
         """The score head from the metadata, as long as the hidden state llama.cpp returns."""
@@ -328,11 +339,14 @@ class GgufScorer(Scorer):
             max_length=encoder.max_length,
             chat_template=encoder.files.chat_template,
             dtype=dtype,
-            files=(file_info(path, root=path.parent),),
+            files=(file_info(path, root=path.parent),
+                   *((file_info(self.adapter.base),) if self.adapter else ())),
             provider="gpu" if n_gpu_layers else "cpu",
             length_correction=float(meta.get("arbiter.length_correction") or 0.0),
             extra={"threads": self.threads, "n_gpu_layers": n_gpu_layers, "outputs": list(self.output_names),
-                   "pack_tokens": self.pack_tokens, "gguf_architecture": header.architecture},
+                   "pack_tokens": self.pack_tokens, "gguf_architecture": header.architecture,
+                   **({"lora_base": str(self.adapter.base), "lora_rank": self.adapter.rank,
+                       "lora_modules": self.adapter.modules} if self.adapter else {})},
         )
 
     # ---- llama.cpp context -------------------------------------------------------------
@@ -349,6 +363,13 @@ class GgufScorer(Scorer):
         ctx = self.llama.llama_init_from_model(self.model, self._context_params(size))
         if not ctx:
             raise ModelError(f"llama.cpp could not create a context of {size} tokens (out of memory?)")
+        if self._lora:
+            ll = self.llama
+            rc = ll.llama_set_adapters_lora(ctx, (ll.llama_adapter_lora_p_ctypes * 1)(self._lora), 1,
+                                            (ctypes.c_float * 1)(1.0))
+            if rc != 0:
+                ll.llama_free(ctx)
+                raise ModelError(f"llama.cpp could not set the LoRA adapter on a context (code {rc})")
         self._ctx, self._ctx_size = ctx, size
         return ctx
 
@@ -559,8 +580,8 @@ class GgufScorer(Scorer):
                 ll.llama_free(self._ctx)
                 self._ctx = None
             if self.model is not None:
-                ll.llama_model_free(self.model)
-                self.model = None
+                ll.llama_model_free(self.model)  # frees a LoRA adapter loaded on it too
+                self.model = self._lora = None
 
     def __del__(self) -> None:
         if sys.is_finalizing():  # _close_all ran already; the library may be half torn down

@@ -59,6 +59,12 @@ class TrainConfig:
     # "length_balanced" (mean of chosen-longer and chosen-shorter accuracy; "longer wins" = 0.5)
     select_on: Literal["accuracy", "length_balanced"] = "accuracy"
     # runtime
+    # LoRA (trainer/bt/lora.py): rank 0 trains every weight; > 0 freezes the body and trains
+    # rank-r updates of the lora_targets projections plus the score head (a decoder then ships
+    # as an adapter over its base GGUF: exports/lora_gguf.py)
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     gradient_checkpointing: bool = False
     dropout: float | None = None  # override every dropout probability of the base (0 for exact tests)
@@ -91,6 +97,11 @@ class TrainConfig:
             raise bad("length_head", "length_head, length_ortho and length_penalty are weights: 0 or more")
         if self.stop_after is not None and self.stop_after < 1:
             raise bad("stop_after", "must be a positive number of optimizer steps, or unset")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise bad("lora_rank", "lora_rank is 0 (off) or a positive rank, and lora_alpha is positive")
+        if isinstance(self.lora_targets, str) or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise bad("lora_targets", "must be a list of module names, e.g. [q_proj, v_proj]")
+        self.lora_targets = tuple(self.lora_targets)
         if self.lr <= 0 or self.eval_every < 1 or self.log_every < 1:
             raise bad("lr", "lr, eval_every and log_every must be positive")
 

@@ -23,6 +23,7 @@ import torch
 from engine.encoding import Encoder, TokenizerFiles
 from engine.errors import ModelError
 from engine.modelmeta import DECODER_POOLING, ENCODER_POOLING, read_meta, write_meta
+from trainer.bt import lora as _lora
 from trainer.bt.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,15 @@ def save_reward_model(model: Any, base: Base, out: Path, *, state_dict: dict[str
     sd = state_dict if state_dict is not None else model.state_dict()
     config = model.config
     trained_heads = config.num_labels
+    adapter: dict[str, Any] | None = None
+    if _lora.lora_modules(model):  # the merged weights here, the adapter beside them
+        adapter = _lora.adapter_tensors(model, sd)
+        sd = _lora.merged_state_dict(model, sd)
     if trained_heads == 2:
         from trainer.bt.length_head import quality_only
 
         sd = quality_only(sd, model)
+        adapter = quality_only(adapter, model) if adapter is not None else None
     elif trained_heads != 1:
         raise ModelError(f"a reward model has one output (or two with the length head), not {trained_heads}")
     sd = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
@@ -166,6 +172,8 @@ def save_reward_model(model: Any, base: Base, out: Path, *, state_dict: dict[str
         meta["token_types"] = enc.files.token_types
     if trained_heads == 2:
         meta["trained_with_length_head"] = True  # its length output was dropped here
+    if adapter is not None:
+        meta["lora"] = _lora.save_adapter(model, out, adapter)
     meta.update(extra_meta or {})
     write_meta(out, meta)
     return out

