@@ -12,7 +12,10 @@ MFU counts 6 FLOPs per parameter per token (forward + backward) over the paramet
 that multiply activations: the body's, without the token embedding (a lookup, and
 the LM head a reward model never uses), against the GPU's dense bf16 peak
 (H100 SXM: 989 TFLOP/s). Attention's own FLOPs are left out, so MFU is understated
-slightly for long sequences.
+slightly for long sequences. With LoRA (``lora_rank`` > 0, e.g. ``--config
+trainer/configs/smollm2_lora_gpu.yaml``) the frozen weights get no weight gradients, so
+4 FLOPs per parameter per token are counted, and a GGUF base's run also writes its
+adapter (``adapter/model-lora-f16.gguf``, exports/lora_gguf.py).
 
 Run (GPU machine): ``python -m app.pipelines.decoder_rm --base SmolLM2.gguf --data build/default-model
 --bench-root ../shared/data --out runs/smollm2``.
@@ -72,13 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     n_matmul = n_all - n_embed
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    flops_per_param = 4 if cfg.lora_rank else 6  # LoRA: no weight gradients for the frozen body
     summary = {
         "gpu": gpu, "torch": torch.__version__, "config": cfg.to_dict(), "wall_seconds": round(wall, 1),
         "best_step": res.best_step, "best_gold": res.best_gold, "steps": res.steps,
         "params": n_all, "params_matmul": n_matmul, "median_tokens_per_s": median_tok_s,
-        "mfu": (median_tok_s * 6 * n_matmul / peak) if (peak and median_tok_s) else None,
+        "mfu": (median_tok_s * flops_per_param * n_matmul / peak) if (peak and median_tok_s) else None,
+        "flops_per_param_token": flops_per_param,
         "gold_log": RunLog(Store.default(), res.run_id).rows("gold"), "data": res.data,
     }
+    if cfg.lora_rank and args.base.suffix == ".gguf":
+        from exports.lora_gguf import export_lora_gguf
+
+        (args.out / "adapter").mkdir(exist_ok=True)
+        adapter = export_lora_gguf(best_dir, args.base, args.out / "adapter" / "model-lora-f16.gguf")
+        summary["adapter"] = {"path": str(adapter), "bytes": adapter.stat().st_size}
     if args.bench_root:
         from trainer.eval.report import jsonable
         from trainer.eval.runner import run_model
