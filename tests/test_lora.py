@@ -229,3 +229,31 @@ def test_cli_exports_a_lora_adapter_verifies_it_and_scores_with_it(tiny_runs, tm
     # a run trained from an HF folder names no .gguf base: the export asks for one
     rc = main(["export", str(run / "best"), str(tmp_path / "x"), "--format", "gguf-lora"])
     assert rc == 2 and "not trained from a .gguf base; give the base with --base" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_an_adapter_merges_back_into_the_checkpoint_it_came_from(tiny_runs, tmp_path, kind):
+    """Adapter + base GGUF -> HF folder (ONNX's and the edge's route): the torch scores of best/."""
+    from app.lora_merge import merge_adapter
+
+    _, run, _, adapter = tiny_runs[kind]
+    merged = merge_adapter(adapter, tmp_path / "merged")
+    np.testing.assert_allclose(_torch_scores(merged), _torch_scores(run / "best"), atol=1e-4)
+    assert json.loads((merged / "arbiter.json").read_text())["lora"]["rank"] == 4
+
+
+def test_cli_exports_an_adapter_to_onnx_through_its_merge(tiny_runs, tmp_path, capsys):
+    from app.cli.main import main
+
+    _, run, _, adapter = tiny_runs["llama"]
+    out = tmp_path / "onnx"
+    rc = main(["export", str(adapter), str(out), "--format", "onnx", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and data["merged_from"] == str(adapter)
+    from engine.backends.onnx import OnnxScorer
+
+    with OnnxScorer(out) as o:
+        got = np.array([s.value for s in o.score(ITEMS)])
+        # trained at 64 tokens: the ONNX copy cuts there too (it read the config's 512 before)
+        assert o.info.max_length == 64
+    np.testing.assert_allclose(got, _torch_scores(run / "best"), atol=1e-3)

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="HF reward model -> ONNX (fp32, int8) or GGUF (f32, f16, q8_0, q4_k_m)")
     add_json(p)
     p.add_argument("src", help="Hugging Face folder of a *ForSequenceClassification reward model "
-                                "(--edge: also an Arbiter ONNX folder, or default)")
+                                "(--edge: also an Arbiter ONNX folder, or default; onnx and --edge: also "
+                                "a GGUF LoRA adapter, merged over its base first)")
     p.add_argument("out", help="new folder for the exported model")
     p.add_argument("--format", choices=["onnx", "gguf", "gguf-lora"],
                    help="required unless --edge; gguf-lora: a LoRA run (trainer lora_rank > 0) as a "
@@ -37,7 +38,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_verify)
 
 
+def _adapter_source(args: argparse.Namespace, stack) -> None:
+    """A GGUF LoRA adapter as SRC of an ONNX or edge export: merged into a temporary HF folder first."""
+    import tempfile
+    from pathlib import Path
+
+    src = Path(args.src)
+    if not (src.is_file() and src.suffix == ".gguf") or args.format in ("gguf", "gguf-lora"):
+        return
+    from engine.gguf_adapter import is_adapter
+    from engine.gguf_file import read_header
+
+    if not is_adapter(read_header(src)):
+        return
+    from app.lora_merge import merge_adapter
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-merge-")))
+    args.src = str(merge_adapter(src, tmp / "merged"))
+    args.merged_from = str(src)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        _adapter_source(args, stack)
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     if args.edge:
         return cmd_export_edge(args)
     if args.format is None:
@@ -56,6 +85,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         outputs = [export_onnx(args.src, args.out, quant=args.quant)]
     data: dict = {"outputs": [str(p) for p in outputs], "format": args.format}
+    if getattr(args, "merged_from", None):  # an adapter: SRC was its merge, which --verify checks against
+        data["merged_from"] = args.merged_from
     human = "\n".join(f"exported {args.src} -> {p}" for p in outputs)
     rc = 0
     if args.verify:
