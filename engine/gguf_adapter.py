@@ -97,7 +97,21 @@ def _check_shapes(path: Path, adapter: GgufHeader, base: GgufHeader) -> tuple[in
                 or b[1] != target.shape[1] or a[1] != b[0]:
             raise ModelError(f"{path}: {name}: lora_a {a} and lora_b {b} do not fit the base's {target.shape}")
         ranks.add(a[1])
+    _check_finite(path, adapter)
     return max(ranks), len(names)
+
+
+def _check_finite(path: Path, adapter: GgufHeader) -> None:
+    """No NaN or infinity in an f32/f16 LoRA tensor: llama.cpp would score every input NaN, silently."""
+    import numpy as np
+
+    for t in adapter.tensors.values():
+        dtype = {0: np.float32, 1: np.float16}.get(t.ggml_type)
+        if dtype is None:
+            continue  # a quantized adapter (another tool's): llama.cpp reads it as it is
+        values = np.memmap(path, dtype=dtype, mode="r", offset=t.offset, shape=(t.n_bytes // np.dtype(dtype).itemsize,))
+        if not np.isfinite(values).all():
+            raise ModelError(f"{path}: {t.name} holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
 
 
 def open_adapter(path: Path, header: GgufHeader) -> RewardAdapter:

@@ -174,6 +174,17 @@ def test_damaged_adapters_are_refused_before_llama_cpp(tiny_runs, tmp_path):
         read_scorable(rewrite("nobase.gguf", drop="arbiter.base.sha256"))
     with pytest.raises(ModelError, match="do not fit the base"):
         read_scorable(rewrite("shape.gguf", shape_cut="blk.0.attn_q.weight.lora_a"))
+    nan = rewrite("nan.gguf")
+    t = read_scorable(nan)[1]
+    assert t is not None
+    from engine.gguf_file import read_header
+
+    info = read_header(nan).tensors["blk.1.ffn_down.weight.lora_b"]
+    with open(nan, "r+b") as f:  # one NaN in the middle of a lora_b
+        f.seek(info.offset + info.n_bytes // 2 // 4 * 4)
+        f.write(np.array([np.nan], dtype=np.float32).tobytes())
+    with pytest.raises(ModelError, match="blk.1.ffn_down.weight.lora_b holds 1 NaN"):
+        read_scorable(nan)
 
 
 def test_lora_settings_are_checked():
@@ -257,3 +268,19 @@ def test_cli_exports_an_adapter_to_onnx_through_its_merge(tiny_runs, tmp_path, c
         # trained at 64 tokens: the ONNX copy cuts there too (it read the config's 512 before)
         assert o.info.max_length == 64
     np.testing.assert_allclose(got, _torch_scores(run / "best"), atol=1e-3)
+
+
+def test_a_lora_run_resumes_to_the_same_weights(hf_models, tmp_path):
+    """2 steps, stop, resume to 4 == 4 straight: the frozen body, the LoRA matrices, the head, Adam's moments."""
+    straight = _lora_run(hf_models["qwen3"], tmp_path / "a", steps=4)
+    _lora_run(hf_models["qwen3"], tmp_path / "b", steps=2)
+    from trainer.bt.train import train
+
+    cfg = TrainConfig(max_length=64, per_device_batch=8, global_batch=8, lr=5e-3, max_steps=4, eval_every=2,
+                      log_every=2, threads=2, seed=0, progress=False, dropout=0.0, lora_rank=4, lora_alpha=8)
+    resumed = train(hf_models["qwen3"], sentiment_pairs(32, 0, "t"), sentiment_pairs(8, 1, "g"), tmp_path / "b",
+                    cfg, resume=True)
+    assert resumed.step_losses == straight.step_losses[2:]
+    a = load_file(str(tmp_path / "a" / "best" / "lora.safetensors"))
+    b = load_file(str(tmp_path / "b" / "best" / "lora.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -87,7 +87,8 @@ def _export(args: argparse.Namespace) -> int:
     data: dict = {"outputs": [str(p) for p in outputs], "format": args.format}
     if getattr(args, "merged_from", None):  # an adapter: SRC was its merge, which --verify checks against
         data["merged_from"] = args.merged_from
-    human = "\n".join(f"exported {args.src} -> {p}" for p in outputs)
+    shown = getattr(args, "merged_from", None) or args.src
+    human = "\n".join(f"exported {shown} -> {p}" for p in outputs)
     rc = 0
     if args.verify:
         from exports.verify import verify
@@ -131,7 +132,8 @@ def cmd_export_edge(args: argparse.Namespace) -> int:
     files = json.loads((out / "arbiter.json").read_text(encoding="utf-8"))["files"]
     shipped = [f for f in files.values() if f]
     emit(args, {"outputs": [str(out)], "format": "edge", "files": files},
-         f"exported {args.src} -> {out} (edge: {', '.join(shipped)}); check it with "
+         f"exported {getattr(args, 'merged_from', None) or args.src} -> {out} (edge: {', '.join(shipped)}); "
+         f"check it with "
          f"`python {out / 'runner.py'} --check`")
     return 0
 
