@@ -19,14 +19,6 @@ import numpy as np
 from engine.errors import ModelError
 
 
-def _unpermute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
-    """The inverse of ``exports.lora_gguf._permute_rows``: llama.cpp's q/k row order back to HF's."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
 def merge_adapter(adapter: Path, out: Path) -> Path:
     """Write ``out``: the adapter's base with the LoRA merged in and its head, as an HF reward model."""
     import gguf
@@ -35,6 +27,7 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
     from engine.gguf_adapter import read_scorable
     from engine.gguf_file import read_header, reward_head
     from engine.modelmeta import write_meta
+    from exports.lora_gguf import tensor_name_map, unpermute_rows
     from trainer.bt import gguf_base
 
     adapter, out = Path(adapter), Path(out)
@@ -47,8 +40,7 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
         raise ModelError(f"{out}: exists and is not empty; choose a new folder")
     gguf_base.save_tokenizer(found.base, out)
     model = gguf_base.load_model(found.base, num_labels=1)
-    arch_ids = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}
-    tmap = gguf.get_tensor_name_map(arch_ids[arch], int(header.arch_key("block_count")))
+    tmap = tensor_name_map(header)
     linear = {tmap.get_name(f"{n}.weight", try_suffixes=(".weight",)): (n, m)
               for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     n_head = int(header.arch_key("attention.head_count"))
@@ -61,9 +53,9 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
             hf_name, module = linear[name]
             a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]  # (r, in), (out, r)
             if arch == "llama" and hf_name.endswith("q_proj"):
-                b = _unpermute_rows(b, n_head, n_head)
+                b = unpermute_rows(b, n_head, n_head)
             elif arch == "llama" and hf_name.endswith("k_proj"):
-                b = _unpermute_rows(b, n_head, n_kv)
+                b = unpermute_rows(b, n_head, n_kv)
             delta = torch.from_numpy(b.astype(np.float64) @ a.astype(np.float64) * (alpha / a.shape[0]))
             module.weight += delta.to(module.weight.dtype)
         w, bias = reward_head(header)

@@ -49,6 +49,22 @@ def _permute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> n
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def unpermute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """The inverse of :func:`_permute_rows`: llama.cpp's q/k row order back to HF's (for merging)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def tensor_name_map(header):
+    """gguf-py's HF -> GGUF tensor-name map for the base file's architecture and depth."""
+    import gguf
+
+    arch_ids = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+    return gguf.get_tensor_name_map(arch_ids[header.architecture], int(header.arch_key("block_count")))
+
+
 def base_package(base: Path) -> tuple[str, str] | None:
     """(distribution name, path inside it) when ``base`` is a file an installed distribution owns."""
     base = base.resolve()
@@ -61,10 +77,7 @@ def base_package(base: Path) -> tuple[str, str] | None:
 
 def _gguf_names(header, modules: list[str]) -> dict[str, str]:
     """HF module name -> the base file's tensor name of its weight; refused when one is missing."""
-    import gguf
-
-    arch_ids = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
-    tmap = gguf.get_tensor_name_map(arch_ids[header.architecture], int(header.arch_key("block_count")))
+    tmap = tensor_name_map(header)
     out = {}
     for m in modules:
         name = tmap.get_name(f"{m}.weight", try_suffixes=(".weight",))

@@ -284,3 +284,13 @@ def test_a_lora_run_resumes_to_the_same_weights(hf_models, tmp_path):
     a = load_file(str(tmp_path / "a" / "best" / "lora.safetensors"))
     b = load_file(str(tmp_path / "b" / "best" / "lora.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_llama_row_permutation_round_trips():
+    from exports.lora_gguf import _permute_rows, unpermute_rows
+
+    w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)  # 8 heads of 16 rows
+    for heads, kv in ((8, 8), (8, 2)):
+        rows = w[: (kv if kv != heads else heads) * 16]
+        p = _permute_rows(rows, heads, kv)
+        assert not np.array_equal(p, rows) and np.array_equal(unpermute_rows(p, heads, kv), rows)
