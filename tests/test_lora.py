@@ -233,6 +233,8 @@ def test_cli_exports_a_lora_adapter_verifies_it_and_scores_with_it(tiny_runs, tm
     rc = main(["models", "add", str(out / "model-lora-f32.gguf"), "--name", "tiny-lora", "--json"])
     assert rc == 0, capsys.readouterr()
     capsys.readouterr()
+    assert main(["models", "info", "tiny-lora"]) == 0
+    assert f"LoRA rank 4 on 14 projections, applied by llama.cpp over {base.resolve()}" in capsys.readouterr().out
     rc = main(["compare", "-m", str(out / "model-lora-f32.gguf"), "--prompt", "Is it good?",
                "I love it, wonderful.", "Terrible.", "--json"])
     cmp = json.loads(capsys.readouterr().out)

@@ -73,6 +73,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
     if info.format == "onnx" and info.dtype == "int8":  # engine/int8_weights.py: by CPU
         lines.append(f"{'int8 weights':<14} {info.extra.get('int8_weights', 'as stored')}")
+    if "lora_base" in info.extra:  # a GGUF LoRA adapter over a base found by sha256 (engine/gguf_adapter.py)
+        lines.append(f"{'adapter':<14} LoRA rank {info.extra['lora_rank']} on {info.extra['lora_modules']} "
+                     f"projections, applied by llama.cpp over {info.extra['lora_base']}")
     if info.length_correction:
         lines.append(f"{'length control':<14} score = output - {info.length_correction:.4f} x log(1 + response chars)")
     lines += [f"  {f.path}  {f.size / 1e6:.1f} MB  sha256 {f.sha256}" for f in info.files]
