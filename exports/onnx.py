@@ -379,11 +379,9 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
         (fp32 / "config.json").write_text(json.dumps(final_cfg, indent=2))
         from engine.encoding import TokenizerFiles
 
-        src_meta = read_meta(src)
-        # the source's arbiter.json first: a model trained at 64 tokens says so there, and its ONNX
-        # copy must cut where torch and GGUF cut (it read the config's 512 positions instead)
-        tf = TokenizerFiles.from_folder(fp32, src_meta)
+        tf = TokenizerFiles.from_folder(fp32)
         is_decoder = tf.chat_template is not None
+        src_meta = read_meta(src)
         meta = {
             "format": "onnx",
             "architecture": (cfg.get("architectures") or ["unknown"])[0],
