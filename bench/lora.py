@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import subprocess
 import sys
@@ -59,7 +61,7 @@ def child(mode: str, work: Path, steps: int, max_length: int, rank: int, threads
 
     def numel(path: Path) -> int:
         with safe_open(str(path), "np") as f:
-            return sum(int(__import__("math").prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+            return sum(int(math.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
 
     best = work / mode / "best"
     if mode == "lora":
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.run([sys.executable, __file__, "--child", mode, "--work", tmp, "--steps",
                                    str(args.steps), "--max-length", str(args.max_length), "--rank",
                                    str(args.rank), "--threads", str(args.threads)],
-                                  capture_output=True, text=True, env={**__import__("os").environ,
+                                  capture_output=True, text=True, env={**os.environ,
                                                                         "ARBITER_HOME": tmp + "/home"})
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)

@@ -27,8 +27,6 @@ from torch import nn
 
 from engine.errors import ModelError
 
-#: the projections of a decoder block (Llama, Qwen2/3, Mistral, Gemma 2/3 names)
-DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_FILE = "lora.safetensors"
 
 
@@ -48,11 +46,8 @@ class LoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
 
-    def merged_weight(self) -> torch.Tensor:
-        return self.base.weight + (self.lora_B @ self.lora_A) * self.scale
 
-
-def apply_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = DECODER_TARGETS) -> list[str]:
+def apply_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> list[str]:
     """Freeze ``model``, wrap every ``nn.Linear`` whose name ends in a target; returns their names.
 
     The score head (``score`` for decoders, ``classifier`` for BERT) stays trainable.
