@@ -30,6 +30,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -325,8 +326,12 @@ def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, opset: int) ->
 
 def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 18,
                 prefix: bool | None = None, calibration: Iterable[Item] = (),
-                activations: str = STATIC) -> Path:
+                activations: str = STATIC, max_length: int | None = None) -> Path:
     """Export ``src`` (HF folder) to the ONNX folder ``out``; returns ``out``.
+
+    ``max_length``: the longest input the export reads, in tokens. ``None`` (the default) keeps
+    what the source was trained at (its ``arbiter.json``), else its positions, so ONNX cuts
+    where torch and GGUF cut; a number reads further (up to the positions), on purpose.
 
     int8 only: ``calibration`` adds real items to the probe set its activation ranges are
     taken from (the default model's recipe passes training pairs); ``activations`` is
@@ -379,9 +384,16 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
         (fp32 / "config.json").write_text(json.dumps(final_cfg, indent=2))
         from engine.encoding import TokenizerFiles
 
-        tf = TokenizerFiles.from_folder(fp32)
-        is_decoder = tf.chat_template is not None
         src_meta = read_meta(src)
+        # the source's trained max_length bounds the export too: torch and GGUF cut there, so
+        # ONNX must, or it scores past the length the model was trained on
+        tf = TokenizerFiles.from_folder(fp32, src_meta if max_length is None else {**src_meta, "max_length": None})
+        if max_length is not None:
+            if not 0 < max_length <= tf.max_length:
+                raise ModelError(f"{src}: max_length {max_length} is outside 1..{tf.max_length} "
+                                 f"({tf.max_length_source})")
+            tf = replace(tf, max_length=max_length, max_length_source="export_onnx(max_length=...)")
+        is_decoder = tf.chat_template is not None
         meta = {
             "format": "onnx",
             "architecture": (cfg.get("architectures") or ["unknown"])[0],

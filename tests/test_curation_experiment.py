@@ -87,9 +87,19 @@ def test_quick_run_trains_every_arm_on_the_same_pairs_and_reuses_finished_steps(
         assert f"| {name} |" in table
     for who in ("random", "longer wins", "shorter wins"):
         assert f"| baseline: {who} |" in table
-    # the longer-wins baseline on gold is exactly the share of gold pairs with the longer answer chosen
-    gold = [json.loads(x) for x in (work / "data" / "gold_eval.jsonl").read_text().splitlines()]
-    graded = [len(p["chosen"]) > len(p["rejected"]) for p in gold]
+    # the longer-wins baseline on gold is exactly the share, among the gold pairs the arm's exported
+    # model scores (its trained max_length cuts the rest), of those with the longer answer chosen
+    import engine
+    from engine.types import Item
+    from trainer.data.record import read_pairs
+
+    gold = list(read_pairs(work / "data" / "gold_eval.jsonl"))
+    with engine.load(str(work / "models" / "a")) as rm:
+        scores = rm.score([Item(p.conversation, r) for p in gold for r in (p.chosen, p.rejected)],
+                          on_too_long="skip")
+    fits = [scores[2 * i].skipped is None and scores[2 * i + 1].skipped is None for i in range(len(gold))]
+    graded = [len(p.chosen) > len(p.rejected) for p, ok in zip(gold, fits, strict=True) if ok]
+    assert graded
     assert evals["a"]["gold"]["longer"]["accuracy"] == pytest.approx(100 * sum(graded) / len(graded))
     assert "training" in first.err
 

@@ -127,3 +127,35 @@ def test_a_cross_encoder_trained_on_zero_token_types_is_fed_zeros_in_onnx(model_
         want = np.array([s.value for s in ref.score(items)])
         got = np.array([s.value for s in onnx.score(items)])
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_onnx_export_keeps_the_trained_max_length(model_dir, tmp_path):
+    """A model trained at 64 tokens is cut at 64 by torch; its ONNX export must cut there too,
+    not at the config's 512 positions, or ONNX scores inputs the model never saw."""
+    from engine.errors import InputTooLongError
+    from engine.modelmeta import read_meta
+    from engine.types import Item
+    from exports.onnx import export_onnx
+    from tests.models import minilm_reward_model
+
+    src = minilm_reward_model(tmp_path / "src", token_types="zeros")
+    meta = json.loads((src / "arbiter.json").read_text())
+    (src / "arbiter.json").write_text(json.dumps({**meta, "max_length": 64}))
+    out = export_onnx(src, tmp_path / "onnx")
+    assert read_meta(out)["max_length"] == 64
+    short, long = Item.of("Boiling point of water?", "100 °C."), Item.of("Tell me a story.", "Once upon a time " * 30)
+    with engine.load(src) as ref, engine.load(out) as onnx:
+        assert ref.info.max_length == onnx.info.max_length == 64
+        for rm in (ref, onnx):
+            with pytest.raises(InputTooLongError):
+                rm.score([long])
+        assert abs(ref.score([short])[0].value - onnx.score([short])[0].value) <= 1e-4
+    # reading further is a choice the caller makes (the curation experiment scores at 512), up to
+    # the positions and no further
+    wide = export_onnx(src, tmp_path / "wide", max_length=256)
+    with engine.load(wide) as onnx:
+        assert onnx.info.max_length == 256 and onnx.score([long], on_too_long="error")[0].skipped is None
+    from engine.errors import ModelError
+
+    with pytest.raises(ModelError, match="max_length 1024"):
+        export_onnx(src, tmp_path / "too-wide", max_length=1024)

@@ -82,6 +82,9 @@ class Budget:
     # RMB's pairwise set (helpfulness), relative to the data folder; loading all of it takes
     # ~20 s per model here, so --quick reads one file
     rmb: str = "rmb/RMB_dataset/Pairwise_set"
+    # tokens the exported arms read when scored: MiniLM's 512 positions. Training cuts at
+    # max_length for time; scoring at that length would drop most benchmark records as too long
+    eval_length: int = 512
 
 
 #: what ran in 34 minutes on the 2 shared cores here (2026-12-01, niced, load average 4-16; at
@@ -258,8 +261,9 @@ def train_arm(base: Path, pairs: Sequence[Any], select: Sequence[Any], run: Path
     return best
 
 
-def export(best: Path, out: Path) -> Path:
-    """ONNX fp32, as a user exports it (``arbiter export --format onnx``); reused when there."""
+def export(best: Path, out: Path, max_length: int) -> Path:
+    """ONNX fp32, as a user exports it (``arbiter export --format onnx``), reading up to
+    ``max_length`` tokens (``Budget.eval_length``); reused when there."""
     import shutil
 
     from exports.onnx import export_onnx
@@ -269,7 +273,7 @@ def export(best: Path, out: Path) -> Path:
     stage = out.with_name(out.name + ".part")
     if stage.exists():
         shutil.rmtree(stage)
-    export_onnx(best, stage)
+    export_onnx(best, stage, max_length=max_length)
     (stage / "done").write_text("")
     stage.rename(out)
     return out
@@ -523,14 +527,14 @@ def main(argv: list[str] | None = None) -> int:
 
     gold_best = train_arm(base, _read(work, "gold_train"), select, work / "gold-rm",
                           train_config(budget, args.seed, epochs=budget.gold_epochs), log)
-    gold_onnx = export(gold_best, work / "models" / "gold")
+    gold_onnx = export(gold_best, work / "models" / "gold", budget.eval_length)
     facts["stage1"] = stage1(work, base, cfg, embedder, judge, args.seed, log)
-    models = {"a": export(work / "stage1" / "round-1" / "rm" / "best", work / "models" / "a")}
+    models = {"a": export(work / "stage1" / "round-1" / "rm" / "best", work / "models" / "a", budget.eval_length)}
     facts["stage2"] = stage2(work, gold_onnx, models["a"], embedder, judge, budget, args.seed, log)
     sets = arm_sets(work, budget.pairs, args.seed, facts)
     for arm in ("b", "c", "d"):
         best = train_arm(base, sets[arm], select, work / f"arm-{arm}", cfg, log)
-        models[arm] = export(best, work / "models" / arm)
+        models[arm] = export(best, work / "models" / arm, budget.eval_length)
     profile(work, facts, sets, judge.threshold)
     evals = {}
     for name in (*ARMS, "gold"):

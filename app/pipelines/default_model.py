@@ -183,6 +183,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-length-control", dest="length_control", action="store_false",
                     help="ship the raw output (default: fit the length correction, trainer/bt/length_control.py)")
     ap.add_argument("--skip-train", action="store_true", help="reuse WORK/run/best")
+    ap.add_argument("--candidate", action="store_true",
+                    help="export into WORK/builtin only, leaving the installed default alone (to compare it "
+                         "with bench/default_candidates.py before shipping)")
     ap.add_argument("--card-only", action="store_true", help="only evaluate the built-in model and write its card")
     ap.add_argument("--onnx-only", action="store_true",
                     help="only re-export the ONNX copy from WORK/run/best (verified; build.json updated)")
@@ -232,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         fit = fit_length_correction(best, list(read_pairs(args.work / "train.jsonl")), seed=args.seed, threads=2)
         print(f"length correction: beta {fit['beta']:.4f} per unit of log(1 + characters), "
               f"fitted on {fit['pairs']} training pairs", flush=True)
-    export(best, args.work, report, train_s, cfg)
+    export(best, args.work, report, train_s, cfg, install=not args.candidate)
+    if args.candidate:
+        print(f"candidate staged in {args.work / 'builtin'}; compare: .venv/bin/python bench/default_candidates.py "
+              f"shipped=default candidate={args.work / 'builtin' / 'onnx'} --gold {args.work / 'gold.jsonl'}")
+        return 0
     measure_runtimes(args.data)
     write_card(args.data, args.work)
     return 0
@@ -337,8 +344,9 @@ def reexport_onnx(best: Path, work: Path) -> None:
           f"({'PASS' if check['passed'] else 'FAIL'})")
 
 
-def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
-    """ONNX int8 + GGUF q8_0 into engine/builtin/default, each verified against torch."""
+def export(best: Path, work: Path, report: dict, train_s: float, cfg, *, install: bool = True) -> None:
+    """ONNX int8 + GGUF q8_0 staged in WORK/builtin, each verified against torch, then (``install``)
+    copied into engine/builtin/default."""
     from exports.gguf import export_gguf
     from exports.onnx import export_onnx
     from exports.verify import verify
@@ -357,12 +365,14 @@ def export(best: Path, work: Path, report: dict, train_s: float, cfg) -> None:
         {"data": report, "verify": checks, "training": training, "wall_seconds": round(train_s),
          "config": cfg.__dict__, "length_correction": best_meta.get("length_correction"),
          "length_correction_fit": best_meta.get("length_correction_fit")}, indent=2, default=str))
+    for name, c in checks.items():
+        print(f"verify {name}: max |diff| {c['max_abs_diff']:.3g}, same winner {c['pair_agreement']:.1%}")
+    if not install:
+        return
     if BUILTIN.exists():
         shutil.rmtree(BUILTIN)
     BUILTIN.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(stage, BUILTIN)
-    for name, c in checks.items():
-        print(f"verify {name}: max |diff| {c['max_abs_diff']:.3g}, same winner {c['pair_agreement']:.1%}")
     print(f"default model written to {BUILTIN} ({sum(p.stat().st_size for p in BUILTIN.rglob('*') if p.is_file()) / 1e6:.1f} MB)")
 
 
