@@ -21,6 +21,19 @@ def arbiter_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+
+@pytest.fixture(autouse=True)
+def gc_back_on_after_a_window():
+    """A window's JobRunner turns Python's automatic GC off so only the GUI thread collects
+    (app/gui/worker.py: a worker thread freeing a Qt cycle segfaults). After the test, with its
+    widgets closed, collect here on the main thread and turn it back on for the tests after."""
+    yield
+    import gc
+
+    if not gc.isenabled():
+        gc.collect()
+        gc.enable()
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

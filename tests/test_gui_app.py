@@ -249,6 +249,31 @@ def test_scoring_runs_off_the_gui_thread_and_the_gui_keeps_working(qtbot, make_w
     assert v.table.rowCount() == total and v.score_button.isEnabled()
 
 
+def test_only_the_gui_thread_collects_garbage_while_a_window_runs_jobs(qtbot, make_window, onnx_models):
+    """A worker thread that trips Python's cyclic GC can free a Qt object off the GUI thread and
+    segfault (it did, in an annotation import's JSON reading under load). With a window's runner
+    made, automatic collection is off and a cycle is still freed, by the GUI thread's timer."""
+    import gc
+    import weakref
+
+    w = make_window(onnx_models["qwen3", "fp32"])
+    assert w.runner is not None and not gc.isenabled()
+
+    class Cycle:
+        pass
+
+    freed_on: list[int] = []
+    for _ in range(gc.get_threshold()[0] + 1):  # enough allocations that a collection is due
+        c = Cycle()
+        c.self = c
+    probe = Cycle()
+    probe.self = probe
+    weakref.finalize(probe, lambda: freed_on.append(threading.get_ident()))
+    del c, probe
+    qtbot.waitUntil(lambda: bool(freed_on), timeout=JOB_MS)
+    assert freed_on == [threading.get_ident()]  # this test's thread is the GUI thread
+
+
 def test_no_default_model_opens_calmly_and_models_can_be_added(qtbot, make_window, onnx_models):
     w = make_window()  # an empty ARBITER_HOME, no model opened
     w.show_page("Models")

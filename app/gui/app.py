@@ -10,41 +10,15 @@ from pathlib import Path
 def _application():
     from PySide6.QtWidgets import QApplication
 
+    from app.gui.worker import collect_garbage_on_the_gui_thread
+
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and sys.platform.startswith("linux"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: render off screen
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Arbiter")
     app.setOrganizationName("Arbiter")
-    _collect_garbage_on_the_gui_thread(app)
+    collect_garbage_on_the_gui_thread(app)
     return app
-
-
-def _collect_garbage_on_the_gui_thread(app) -> None:
-    """Python's cyclic GC runs in whichever thread allocates when a threshold trips. In a
-    worker thread it can free a cycle holding a Qt object, whose C++ side must die on the GUI
-    thread: that segfaulted ``arbiter gui --screenshot`` (faulthandler: "Garbage-collecting"
-    inside a worker's import of a backend). So automatic collection is off and the GUI
-    thread collects, on a timer, whenever the allocation counters say it would have."""
-    import gc
-
-    from PySide6.QtCore import QTimer
-
-    if getattr(app, "_arbiter_gc_timer", None) is not None:
-        return
-    gc.disable()
-    threshold = gc.get_threshold()
-
-    def collect() -> None:
-        counts = gc.get_count()
-        if counts[0] > threshold[0]:
-            gen = 2 if counts[2] > threshold[2] else 1 if counts[1] > threshold[1] else 0
-            gc.collect(gen)
-
-    timer = QTimer(app)
-    timer.setInterval(500)  # ms
-    timer.timeout.connect(collect)
-    timer.start()
-    app._arbiter_gc_timer = timer
 
 
 def run(model: str | None = None) -> int:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
 
 import engine
 
@@ -33,6 +33,34 @@ def describe_error(e: BaseException) -> str:
         return str(e)
     # a runtime's own error (onnxruntime, llama.cpp): show it, the app stays usable
     return f"{type(e).__name__}: {e}"
+
+
+def collect_garbage_on_the_gui_thread(app: QCoreApplication) -> None:
+    """Python's cyclic GC runs in whichever thread allocates when a threshold trips. In a
+    worker thread it can free a cycle holding a Qt object, whose C++ side must die on the GUI
+    thread: that segfaulted ``arbiter gui --screenshot`` (faulthandler: "Garbage-collecting"
+    inside a worker's import of a backend), and a pytest-qt run whose application the app had
+    not made (a job's JSON reading, a closed view's cycle). So automatic collection is off and
+    the GUI thread collects, on a timer, whenever the allocation counters say it would have.
+    :class:`JobRunner` installs it on the running application, so every window with jobs has it."""
+    import gc
+
+    gc.disable()  # again on every call: a test harness may have turned it back on between windows
+    if getattr(app, "_arbiter_gc_timer", None) is not None:
+        return
+    threshold = gc.get_threshold()
+
+    def collect() -> None:
+        counts = gc.get_count()
+        if counts[0] > threshold[0]:
+            gen = 2 if counts[2] > threshold[2] else 1 if counts[1] > threshold[1] else 0
+            gc.collect(gen)
+
+    timer = QTimer(app)
+    timer.setInterval(500)  # ms
+    timer.timeout.connect(collect)
+    timer.start()
+    app._arbiter_gc_timer = timer
 
 
 class _Thread(QThread):
@@ -75,6 +103,8 @@ class JobRunner(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
+        if (app := QCoreApplication.instance()) is not None:
+            collect_garbage_on_the_gui_thread(app)  # before any job can run the GC in its thread
         self._thread: _Thread | None = None
         self._token: engine.CancelToken | None = None
         #: what a Cancel of the current (or last) job leaves behind, said by the job that started
