@@ -21,7 +21,6 @@ def arbiter_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-
 @pytest.fixture(autouse=True)
 def gc_back_on_after_a_window():
     """A window's JobRunner turns Python's automatic GC off so only the GUI thread collects

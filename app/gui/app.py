@@ -10,15 +10,12 @@ from pathlib import Path
 def _application():
     from PySide6.QtWidgets import QApplication
 
-    from app.gui.worker import collect_garbage_on_the_gui_thread
-
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and sys.platform.startswith("linux"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: render off screen
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Arbiter")
     app.setOrganizationName("Arbiter")
-    collect_garbage_on_the_gui_thread(app)
-    return app
+    return app  # the window's JobRunner makes only this thread collect garbage (app/gui/worker.py)
 
 
 def run(model: str | None = None) -> int:
