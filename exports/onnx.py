@@ -25,12 +25,14 @@ share a prefix: it has no key/value inputs.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,31 +137,68 @@ def _staged_source(src: Path, cfg: dict, work: Path) -> Path:
     return staged
 
 
+#: how static activation ranges are taken from the calibration items
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How static int8 is made, recorded in arbiter.json as ``int8``.
+
+    ``method``: ``minmax`` takes each activation's full range over the calibration items;
+    ``percentile`` clips it at the ``percentile`` of its absolute values (onnxruntime's
+    histogram), trading the rare outlier for finer steps everywhere else.
+    ``keep_float``: regular expressions; a weighted matmul whose node name matches one
+    stays float, beside the score head (``bench/int8_calibration.py`` measures which
+    layers carry the error).
+    """
+
+    method: str = "minmax"
+    percentile: float = 99.999
+    keep_float: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ModelError(f"unknown int8 calibration {self.method!r}; choose {' or '.join(CALIBRATION_METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ModelError(f"int8 calibration percentile {self.percentile} is outside (50, 100]")
+        for pattern in self.keep_float:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ModelError(f"int8 keep_float pattern {pattern!r} is not a regular expression ({e})") from e
+
+    def to_meta(self) -> dict:
+        return {**asdict(self), "keep_float": list(self.keep_float)}
+
+
 def quantize_int8(src_model: Path, dst_model: Path, head_nodes: tuple[str, ...] = HEAD_NODES,
-                  calibration: Sequence[dict[str, np.ndarray]] | None = None) -> list[str]:
+                  calibration: Sequence[dict[str, np.ndarray]] | None = None,
+                  settings: Int8Settings = Int8Settings()) -> list[str]:
     """int8 with per-channel weights; returns the names of the nodes kept in float.
 
     ``calibration``: graph feeds (one item each) for static activation scales; ``None``
     gives onnxruntime's dynamic int8 (per-batch scales: kept for comparison benchmarks).
     ``head_nodes``: name fragments of the layers that make the score (the prefix model's
-    score head is its ``/lm_head/``).
+    score head is its ``/lm_head/``); ``settings.keep_float`` adds layers by pattern.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(src_model), load_external_data=False).graph
+    patterns = [re.compile(p) for p in settings.keep_float]
     keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-            and any(frag in n.name for frag in head_nodes)]
+            and (any(frag in n.name for frag in head_nodes) or any(p.search(n.name) for p in patterns))]
     if calibration is None:
         quantize_dynamic(str(src_model), str(dst_model), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_exclude=keep, use_external_data_format=False)
         return keep
-    _quantize_static(src_model, dst_model, graph, keep, calibration)
+    _quantize_static(src_model, dst_model, graph, keep, calibration, settings)
     return keep
 
 
 def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
-                     calibration: Sequence[dict[str, np.ndarray]]) -> None:
+                     calibration: Sequence[dict[str, np.ndarray]], settings: Int8Settings) -> None:
     """Static QDQ: fixed activation ranges from ``calibration``, matmul outputs left float.
 
     Leaving the outputs float lets onnxruntime fuse each quantized matmul into
@@ -185,20 +224,41 @@ def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
                  and not any(i in weights for i in n.input)]
 
     class Feeds(CalibrationDataReader):
+        """The items in order; ``set_range`` lets onnxruntime read them a slice at a time."""
+
         def __init__(self) -> None:
             self._it = iter(calibration)
+
+        def __len__(self) -> int:
+            return len(calibration)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._it = iter(calibration[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp:  # onnxruntime's augmented graph
+    if settings.method == "percentile":
+        method = CalibrationMethod.Percentile
+        # the histogram calibrater holds every activation of the items it reads at once (GBs
+        # for a few hundred items), and stacks them, which items of different lengths cannot
+        # do: it reads one item at a time, its histograms merging between them. Each side of
+        # the range is cut at (100 - percentile) / 2 %, so a one-sided activation (after
+        # GELU) keeps its own lower end.
+        calib = {"CalibPercentile": settings.percentile, "CalibTensorRangeSymmetric": False,
+                 "CalibStridedMinMax": 1}
+    else:
+        method, calib = CalibrationMethod.MinMax, {}
+    # onnxruntime's histogram calibrater prints its settings to stdout: kept off a CLI's output
+    with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp, \
+            contextlib.redirect_stdout(io.StringIO()):  # tmp: onnxruntime's augmented graph
         quantize_static(str(src_model), str(dst_model), Feeds(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=[*keep, *no_weight], use_external_data_format=False,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=method,
                         calibration_cache_path=Path(tmp) / "augmented.onnx",
-                        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Gather"],
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Gather"], **calib,
                                        **({"CalibMaxIntermediateOutputs": CALIB_FLUSH} if CALIB_FLUSH else {})})
 
 
@@ -326,7 +386,8 @@ def _export_prefix(src: Path, cfg: dict, work: Path, final: Path, opset: int) ->
 
 def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 18,
                 prefix: bool | None = None, calibration: Iterable[Item] = (),
-                activations: str = STATIC, max_length: int | None = None) -> Path:
+                activations: str = STATIC, max_length: int | None = None,
+                int8: Int8Settings = Int8Settings()) -> Path:
     """Export ``src`` (HF folder) to the ONNX folder ``out``; returns ``out``.
 
     ``max_length``: the longest input the export reads, in tokens. ``None`` (the default) keeps
@@ -336,7 +397,8 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
     int8 only: ``calibration`` adds real items to the probe set its activation ranges are
     taken from (the default model's recipe passes training pairs); ``activations`` is
     ``static`` (fixed ranges: batch-invariant, the default) or ``dynamic`` (onnxruntime's
-    per-batch ranges, kept to compare against).
+    per-batch ranges, kept to compare against); ``int8`` says how static ranges are taken
+    and which layers stay float (:class:`Int8Settings`).
 
     ``prefix``: also write the prefix model (``model_with_past.onnx``) that lets
     ``rank``/``compare`` compute the conversation once. ``None`` (the default) means
@@ -416,7 +478,7 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
             "versions": _versions(),
         }
         write_meta(fp32, meta)
-        final = fp32 if quant != "int8" else _int8_folder(fp32, work / "int8", meta, calibration, activations)
+        final = fp32 if quant != "int8" else _int8_folder(fp32, work / "int8", meta, calibration, activations, int8)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
@@ -424,24 +486,27 @@ def export_onnx(src: Path, out: Path, *, quant: str | None = None, opset: int = 
     return out
 
 
-def _int8_folder(fp32: Path, dst: Path, meta: dict, calibration: Iterable[Item], activations: str) -> Path:
+def _int8_folder(fp32: Path, dst: Path, meta: dict, calibration: Iterable[Item], activations: str,
+                 settings: Int8Settings = Int8Settings()) -> Path:
     """The int8 twin of the complete fp32 folder ``fp32`` (calibrated by running it)."""
     items = calibration_items(calibration) if activations == STATIC else []
     shutil.copytree(fp32, dst, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
     feeds = _classifier_feeds(fp32, items) if activations == STATIC else None
-    kept = quantize_int8(fp32 / "model.onnx", dst / "model.onnx", calibration=feeds)
+    kept = quantize_int8(fp32 / "model.onnx", dst / "model.onnx", calibration=feeds, settings=settings)
     prefix = meta.get("prefix")
     if prefix:
         pfeeds = _prefix_feeds(fp32, items, prefix) if activations == STATIC else None
         prefix = {**prefix, "kept_float": quantize_int8(fp32 / PREFIX_MODEL, dst / PREFIX_MODEL,
                                                         head_nodes=(*HEAD_NODES, "/lm_head/"),
-                                                        calibration=pfeeds)}
+                                                        calibration=pfeeds, settings=settings)}
     write_meta(dst, {**meta, "dtype": "int8", "activation_quant": activations, "kept_float": kept,
-                     "prefix": prefix, "calibration_items": len(items)})
+                     "prefix": prefix, "calibration_items": len(items),
+                     **({"int8": settings.to_meta()} if activations == STATIC else {})})
     return dst
 
 
-def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), prefix: bool = True) -> Path:
+def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), prefix: bool = True,
+                   settings: Int8Settings = Int8Settings()) -> Path:
     """The static int8 twin of the fp32 export folder ``fp32``, written to the new folder ``dst``.
 
     The same int8 that ``export_onnx(..., quant="int8")`` makes, for a folder that was
@@ -457,7 +522,7 @@ def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), p
     if dst.exists() and any(dst.iterdir()):
         raise ModelError(f"{dst}: exists and is not empty; choose a new folder")
     with tempfile.TemporaryDirectory(prefix="arbiter-int8-") as tmp:
-        built = _int8_folder(fp32, Path(tmp) / "int8", meta, calibration, STATIC)
+        built = _int8_folder(fp32, Path(tmp) / "int8", meta, calibration, STATIC, settings)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists():
             dst.rmdir()

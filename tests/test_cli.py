@@ -109,6 +109,35 @@ def test_export_and_verify_commands(hf_models, tmp_path):
     assert bad.returncode == 1 and "FAIL" in bad.stdout
 
 
+def test_int8_export_calibrates_on_a_file_with_the_settings_asked_for(hf_models, tmp_path):
+    calib = tmp_path / "calib.jsonl"
+    rows = [{"prompt": f"Question {i}: what is {i} + {i}?", "response": f"It is {2 * i}."} for i in range(30)]
+    calib.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "int8"
+    res = run("export", str(hf_models["minilm"]), str(out), "--format", "onnx", "--quant", "int8",
+              "--calibration", str(calib), "--int8-calibration", "percentile", "--int8-percentile", "99.9",
+              "--int8-float", "/intermediate/dense/", "--json")
+    assert json.loads(res.stdout)["outputs"] == [str(out)]
+    meta = json.loads((out / "arbiter.json").read_text())
+    assert meta["calibration_items"] == 40 + 30  # the probes, then the file's rows
+    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": ["/intermediate/dense/"]}
+    assert sum("/intermediate/dense/" in n for n in meta["kept_float"]) == 6
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--quant", "fp32", "--int8-float", "x"], "--int8-float: they set how int8 is made; add --quant int8"),
+    (["--quant", "int8", "--calibration", "BAD"], "BAD:2:"),
+    (["--quant", "int8", "--int8-float", "("], "not a regular expression"),
+])
+def test_int8_flags_that_cannot_apply_say_why(hf_models, tmp_path, extra, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n" + '{"prompt": "q"}\n')
+    extra = [str(bad) if a == "BAD" else a for a in extra]
+    res = run("export", str(hf_models["minilm"]), str(tmp_path / "out"), "--format", "onnx", *extra, ok=False)
+    assert res.returncode == 2 and message.replace("BAD", str(bad)) in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_over_long_response_names_its_line(onnx_models, tmp_path):
     src = tmp_path / "in.jsonl"
     rows = [{"prompt": "q", "response": "short"}] * 5 + [{"prompt": "q", "response": "word " * 600}]

@@ -159,3 +159,64 @@ def test_onnx_export_keeps_the_trained_max_length(model_dir, tmp_path):
 
     with pytest.raises(ModelError, match="max_length 1024"):
         export_onnx(src, tmp_path / "too-wide", max_length=1024)
+
+
+def _activation_scales(model_file) -> dict[str, float]:
+    """Each quantized activation tensor's scale (QuantizeLinear input name -> scale)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_file)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+def test_percentile_calibration_narrows_the_activation_ranges_and_is_recorded(onnx_models, tmp_path):
+    from exports.onnx import Int8Settings, int8_from_fp32
+
+    fp32, minmax = onnx_models["minilm", "fp32"], onnx_models["minilm", "int8"]
+    out = int8_from_fp32(fp32, tmp_path / "pct", prefix=False,
+                         settings=Int8Settings(method="percentile", percentile=99.9))
+    meta = json.loads((out / "arbiter.json").read_text())
+    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": []}
+    assert json.loads((minmax / "arbiter.json").read_text())["int8"]["method"] == "minmax"
+    wide, narrow = _activation_scales(minmax / "model.onnx"), _activation_scales(out / "model.onnx")
+    assert wide.keys() == narrow.keys() and len(wide) >= 6 * 4  # every layer's matmul inputs
+    # a clipped range is never wider than the full one, and the outliers make most narrower
+    assert all(narrow[k] <= wide[k] * (1 + 1e-6) for k in wide)
+    assert sum(narrow[k] < 0.9 * wide[k] for k in wide) >= len(wide) // 2
+    runs = _batch_runs(out)  # still static: no score moves with its batch
+    assert max(np.abs(s - runs["right", 1]).max() for s in runs.values()) <= 1e-4
+
+
+def test_keep_float_patterns_leave_those_matmuls_unquantized(onnx_models, tmp_path):
+    import onnx
+
+    from exports.onnx import Int8Settings, int8_from_fp32
+
+    out = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "ffn", prefix=False,
+                         settings=Int8Settings(keep_float=(r"/intermediate/dense/",)))
+    kept = json.loads((out / "arbiter.json").read_text())["kept_float"]
+    ffn = [n for n in kept if "/intermediate/dense/" in n]
+    assert len(ffn) == 6 and len(kept) == len(ffn) + 2  # six layers, beside pooler and classifier
+    graph = onnx.load(str(out / "model.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.name: set(n.input) for n in graph.node}
+    assert all(not (fed[name] & dequantized) for name in ffn)  # float weights, float inputs
+    others = [n.name for n in graph.node if n.op_type == "MatMul" and "/dense/" in n.name and n.name not in kept]
+    assert others and all(fed[name] & dequantized for name in others)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "entropy"}, "unknown int8 calibration"),
+    ({"method": "percentile", "percentile": 30.0}, "outside (50, 100]"),
+    ({"keep_float": ("(",)}, "not a regular expression"),
+])
+def test_bad_int8_settings_say_what_is_wrong(settings, message):
+    from engine.errors import ModelError
+    from exports.onnx import Int8Settings
+
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        Int8Settings(**settings)
+

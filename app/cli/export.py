@@ -7,6 +7,10 @@ import json
 
 from app.cli.common import add_json, emit
 
+#: calibration items read from --calibration: ranges settle within a few hundred, and each
+#: item is one fp32 run of the model at export time
+CALIBRATION_LIMIT = 500
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="HF reward model -> ONNX (fp32, int8) or GGUF (f32, f16, q8_0, q4_k_m)")
@@ -25,6 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default f16), one file each; --edge: fp32 (fp32 only) or int8 (int8 as "
                         "well, made from an fp32 ONNX folder); default: what the source has (a "
                         "checkpoint: both)")
+    g = p.add_argument_group("onnx int8", "how static int8 is calibrated (exports/onnx.py, Int8Settings)")
+    g.add_argument("--calibration", default=None, metavar="FILE",
+                   help="items JSONL (as `arbiter score` reads) whose activations set the int8 ranges, "
+                        f"beside the probe set; the first {CALIBRATION_LIMIT} rows are used (default: "
+                        "the probes only; real text of the kind you will score calibrates better)")
+    g.add_argument("--int8-calibration", choices=["minmax", "percentile"], default="minmax",
+                   help="minmax: each activation's full range (default); percentile: clipped at "
+                        "--int8-percentile, finer steps for the bulk of the values")
+    g.add_argument("--int8-percentile", type=float, default=99.999)
+    g.add_argument("--int8-float", action="append", default=[], metavar="REGEX",
+                   help="keep the weighted matmuls whose node name matches REGEX in float (repeatable; "
+                        "bench/int8_calibration.py measures which layers carry the error)")
     p.add_argument("--edge", action="store_true",
                    help="a self-contained ONNX folder with Python and Node runners (SRC: an HF "
                         "checkpoint, an ONNX export, or default)")
@@ -73,6 +89,8 @@ def _export(args: argparse.Namespace) -> int:
         from engine.errors import InputError
 
         raise InputError("give --format onnx or --format gguf (or --edge for an edge folder)")
+    if args.format != "onnx":
+        _refuse_int8_flags(args, "only an ONNX int8 export is calibrated")
     if args.format == "gguf-lora":
         outputs = [_export_lora(args)]
     elif args.format == "gguf":
@@ -83,7 +101,7 @@ def _export(args: argparse.Namespace) -> int:
     else:
         from exports.onnx import export_onnx
 
-        outputs = [export_onnx(args.src, args.out, quant=args.quant)]
+        outputs = [export_onnx(args.src, args.out, quant=args.quant, **_int8_options(args))]
     data: dict = {"outputs": [str(p) for p in outputs], "format": args.format}
     if getattr(args, "merged_from", None):  # an adapter: SRC was its merge, which --verify checks against
         data["merged_from"] = args.merged_from
@@ -99,6 +117,40 @@ def _export(args: argparse.Namespace) -> int:
         rc = 0 if all(r.passed for r in reports) else 1
     emit(args, data, human)
     return rc
+
+
+def _refuse_int8_flags(args: argparse.Namespace, why: str) -> None:
+    """An InputError naming the onnx int8 flags given where they would be ignored."""
+    from engine.errors import InputError
+
+    given = [flag for flag, on in (("--calibration", args.calibration is not None),
+                                   ("--int8-calibration", args.int8_calibration != "minmax"),
+                                   ("--int8-percentile", args.int8_percentile != 99.999),
+                                   ("--int8-float", bool(args.int8_float))) if on]
+    if given:
+        raise InputError(f"{', '.join(given)}: {why}", field=given[0])
+
+
+def _int8_options(args: argparse.Namespace) -> dict:
+    """``export_onnx``'s calibration and settings from the onnx int8 flags (refused for fp32)."""
+    from itertools import islice
+
+    from engine.errors import InputError
+    from exports.onnx import Int8Settings
+
+    if args.quant != "int8":
+        _refuse_int8_flags(args, "they set how int8 is made; add --quant int8")
+        return {}
+    settings = Int8Settings(method=args.int8_calibration, percentile=args.int8_percentile,
+                            keep_float=tuple(args.int8_float))
+    calibration = ()
+    if args.calibration is not None:
+        from engine.jsonl import read_items
+
+        calibration = [item for _, _, item in islice(read_items(args.calibration), CALIBRATION_LIMIT)]
+        if not calibration:
+            raise InputError(f"{args.calibration}: no items to calibrate on", field="--calibration")
+    return {"calibration": calibration, "int8": settings}
 
 
 def _export_lora(args: argparse.Namespace):
@@ -128,6 +180,7 @@ def cmd_export_edge(args: argparse.Namespace) -> int:
     if args.format == "gguf" or args.verify:
         raise InputError("--edge makes ONNX files and checks them itself (golden.jsonl, runner.py "
                          "--check); drop --format gguf / --verify")
+    _refuse_int8_flags(args, "an edge folder's int8 is made with the default settings")
     out = export_edge(args.src, args.out, quant=args.quant)
     files = json.loads((out / "arbiter.json").read_text(encoding="utf-8"))["files"]
     shipped = [f for f in files.values() if f]
