@@ -7,7 +7,8 @@ training-pair sample, as ``make default-model`` does). Every variant is scored a
 the torch reference on two sets:
 
 * the probe set that ``arbiter export verify`` gates on (40 items, 60 pairs);
-* the first ``--gold`` pairs of ``WORK/gold.jsonl`` (human-labelled, never trained on).
+* the first ``--gold`` pairs of ``WORK/gold.jsonl`` that fit the model (human-labelled, never
+  trained on).
 
 It prints max and mean |score diff|, how often the winner of a pair matches torch's,
 items/s on ``--threads`` threads (best of ``--repeat``, the probe items repeated), and
@@ -45,6 +46,9 @@ KINDS = {
 }
 VARIANTS: dict[str, Int8Settings] = {
     "minmax": Int8Settings(),
+    "smooth 0.5": Int8Settings(smooth=0.5),
+    "smooth 0.7": Int8Settings(smooth=0.7),
+    "smooth 0.5, ffn-out float": Int8Settings(smooth=0.5, keep_float=(r"layer\.\d+/output/dense/",)),
     "percentile 99.999": Int8Settings(method="percentile", percentile=99.999),
     "percentile 99.99": Int8Settings(method="percentile", percentile=99.99),
     **{f"minmax, {k} float": Int8Settings(keep_float=(v,)) for k, v in KINDS.items()},
@@ -52,12 +56,24 @@ VARIANTS: dict[str, Int8Settings] = {
 }
 
 
-def _gold_items(work: Path, n: int) -> tuple[list[Item], list[tuple[int, int]]]:
+def _gold_items(work: Path, ckpt: Path, n: int) -> tuple[list[Item], list[tuple[int, int]]]:
+    """The first ``n`` gold pairs whose responses both fit the model (a longer one is not scored)."""
+    from engine.errors import InputTooLongError
+
     items: list[Item] = []
     pairs: list[tuple[int, int]] = []
-    for p in list(read_pairs(work / "gold.jsonl"))[:n]:
-        pairs.append((len(items), len(items) + 1))
-        items += [Item(p.conversation, p.chosen), Item(p.conversation, p.rejected)]
+    with engine.load(ckpt, format="torch") as rm:
+        for p in read_pairs(work / "gold.jsonl"):
+            pair = [Item(p.conversation, p.chosen), Item(p.conversation, p.rejected)]
+            try:
+                for item in pair:
+                    rm.encode(item)
+            except InputTooLongError:
+                continue
+            pairs.append((len(items), len(items) + 1))
+            items += pair
+            if len(pairs) == n:
+                break
     return items, pairs
 
 
@@ -93,12 +109,12 @@ def main() -> None:
     ckpt = args.checkpoint or args.work / "run" / "best"
     names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
     probes, probe_pairs = probe_items()
-    gold, gold_pairs = _gold_items(args.work, args.gold)
+    gold, gold_pairs = _gold_items(args.work, ckpt, args.gold)
     speed_items = (probes * 12)[:480]
     want_p, want_g = _scores(ckpt, probes, format="torch"), _scores(ckpt, gold, format="torch")
     spread = float(np.std(want_g))
     calibration = calibration_pairs(args.work)
-    print(f"{ckpt}: torch score std on gold {spread:.3f}; reference |margin| < 0.02 on "
+    print(f"{ckpt}: {len(gold_pairs)} gold pairs; torch score std on gold {spread:.3f}; reference |margin| < 0.02 on "
           f"{np.mean([abs(want_p[i] - want_p[j]) < 0.02 for i, j in probe_pairs]):.0%} of probe pairs")
     print("| variant | probes max / mean abs diff | probes same winner | gold max / mean abs diff "
           "| gold same winner | items/s | MB |")

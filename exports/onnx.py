@@ -151,15 +151,20 @@ class Int8Settings:
     ``keep_float``: regular expressions; a weighted matmul whose node name matches one
     stays float, beside the score head (``bench/int8_calibration.py`` measures which
     layers carry the error).
+    ``smooth``: SmoothQuant's alpha (``exports/smoothquant.py``), 0 for off: each matmul
+    input's outlier channels are divided down and their weight rows multiplied up first.
     """
 
     method: str = "minmax"
     percentile: float = 99.999
     keep_float: tuple[str, ...] = ()
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise ModelError(f"unknown int8 calibration {self.method!r}; choose {' or '.join(CALIBRATION_METHODS)}")
+        if not 0.0 <= self.smooth < 1.0:
+            raise ModelError(f"int8 smooth (SmoothQuant alpha) {self.smooth} is outside [0, 1)")
         if not 50.0 < self.percentile <= 100.0:
             raise ModelError(f"int8 calibration percentile {self.percentile} is outside (50, 100]")
         for pattern in self.keep_float:
@@ -252,6 +257,12 @@ def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
     # onnxruntime's histogram calibrater prints its settings to stdout: kept off a CLI's output
     with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp, \
             contextlib.redirect_stdout(io.StringIO()):  # tmp: onnxruntime's augmented graph
+        if settings.smooth:
+            from exports.smoothquant import smooth_model
+
+            smoothed = Path(tmp) / "smoothed.onnx"
+            smooth_model(src_model, smoothed, calibration, settings.smooth, skip=[*keep, *no_weight])
+            src_model = smoothed
         quantize_static(str(src_model), str(dst_model), Feeds(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

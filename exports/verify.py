@@ -39,6 +39,11 @@ class VerifyReport:
     max_diff_allowed: float | None
     min_agreement: float | None
     passed: bool
+    # why pairs flipped: a flip where the reference itself is near a tie (|margin| small)
+    # moves P(A better) by little; one at a wide margin is a real ranking error
+    flipped_pairs: int = 0
+    largest_flipped_margin: float | None = None  # the reference's |margin| of the widest flip
+    max_p_shift: float = 0.0  # largest |P(A better than B) - the reference's P| over the pairs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,9 +52,12 @@ class VerifyReport:
         gate = (f"max |diff| <= {self.max_diff_allowed:g}" if self.max_diff_allowed is not None
                 else f"same winner >= {self.min_agreement:.0%}" if self.min_agreement is not None
                 else "reported only")
+        flips = (f"; {self.flipped_pairs} flipped, the reference's |margin| at most "
+                 f"{self.largest_flipped_margin:.3g}" if self.flipped_pairs else "")
         return (f"{self.model} ({self.format} {self.dtype}) vs {self.reference}: "
                 f"max |diff| {self.max_abs_diff:.3g}, mean |diff| {self.mean_abs_diff:.3g}, "
-                f"same winner on {self.pair_agreement:.1%} of {self.n_pairs} pairs "
+                f"same winner on {self.pair_agreement:.1%} of {self.n_pairs} pairs{flips}; "
+                f"P(A better) moved at most {100 * self.max_p_shift:.1f} points "
                 f"[{gate}: {'PASS' if self.passed else 'FAIL'}]")
 
 
@@ -62,11 +70,21 @@ def verify(model: str | Path, reference: str | Path, **load_options) -> VerifyRe
         want = np.array([s.value for s in ref.score(items)])
         info = rm.info
     diff = np.abs(got - want)
-    agree = np.mean([np.sign(got[i] - got[j]) == np.sign(want[i] - want[j]) for i, j in pairs])
+    i, j = np.array(pairs).T
+    margin_got, margin_want = got[i] - got[j], want[i] - want[j]
+    same = np.sign(margin_got) == np.sign(margin_want)
+    agree = float(np.mean(same))
+    flipped = np.abs(margin_want[~same])
+    p_shift = np.abs(_sigmoid(margin_got) - _sigmoid(margin_want))
     max_allowed = MAX_DIFF.get((info.format, info.dtype))
     min_agree = MIN_AGREEMENT.get(info.dtype)
     passed = ((max_allowed is None or diff.max() <= max_allowed)
               and (min_agree is None or agree >= min_agree))
     return VerifyReport(str(model), str(reference), info.format, info.dtype, len(items), len(pairs),
-                        float(diff.max()), float(diff.mean()), float(agree), max_allowed, min_agree,
-                        bool(passed))
+                        float(diff.max()), float(diff.mean()), agree, max_allowed, min_agree,
+                        bool(passed), int(flipped.size), float(flipped.max()) if flipped.size else None,
+                        float(p_shift.max()))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

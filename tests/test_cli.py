@@ -120,7 +120,8 @@ def test_int8_export_calibrates_on_a_file_with_the_settings_asked_for(hf_models,
     assert json.loads(res.stdout)["outputs"] == [str(out)]
     meta = json.loads((out / "arbiter.json").read_text())
     assert meta["calibration_items"] == 40 + 30  # the probes, then the file's rows
-    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": ["/intermediate/dense/"]}
+    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": ["/intermediate/dense/"],
+                           "smooth": 0.0}
     assert sum("/intermediate/dense/" in n for n in meta["kept_float"]) == 6
 
 

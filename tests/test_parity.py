@@ -10,6 +10,7 @@ score, like an fp32 one, does not depend on the batch or the padding (1e-4).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -179,7 +180,7 @@ def test_percentile_calibration_narrows_the_activation_ranges_and_is_recorded(on
     out = int8_from_fp32(fp32, tmp_path / "pct", prefix=False,
                          settings=Int8Settings(method="percentile", percentile=99.9))
     meta = json.loads((out / "arbiter.json").read_text())
-    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": []}
+    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": [], "smooth": 0.0}
     assert json.loads((minmax / "arbiter.json").read_text())["int8"]["method"] == "minmax"
     wide, narrow = _activation_scales(minmax / "model.onnx"), _activation_scales(out / "model.onnx")
     assert wide.keys() == narrow.keys() and len(wide) >= 6 * 4  # every layer's matmul inputs
@@ -212,11 +213,65 @@ def test_keep_float_patterns_leave_those_matmuls_unquantized(onnx_models, tmp_pa
     ({"method": "entropy"}, "unknown int8 calibration"),
     ({"method": "percentile", "percentile": 30.0}, "outside (50, 100]"),
     ({"keep_float": ("(",)}, "not a regular expression"),
+    ({"smooth": 1.0}, "outside [0, 1)"),
 ])
 def test_bad_int8_settings_say_what_is_wrong(settings, message):
     from engine.errors import ModelError
     from exports.onnx import Int8Settings
 
-    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    with pytest.raises(ModelError, match=re.escape(message)):
         Int8Settings(**settings)
 
+
+
+def test_verify_says_how_wide_the_flipped_pairs_were(onnx_models, hf_models):
+    """A pair can only flip where the reference's margin is within twice the largest score error,
+    and P(A better) moves by at most a quarter of the margin's error (the sigmoid's slope)."""
+    report = verify(onnx_models["minilm", "int8"], hf_models["minilm"])
+    assert report.flipped_pairs == round((1 - report.pair_agreement) * report.n_pairs) > 0, report.summary()
+    assert 0 < report.largest_flipped_margin <= 2 * report.max_abs_diff
+    assert 0 < report.max_p_shift <= report.max_abs_diff / 2
+    assert f"{report.flipped_pairs} flipped" in report.summary()
+    exact = verify(onnx_models["minilm", "fp32"], hf_models["minilm"])
+    assert exact.flipped_pairs == 0 and exact.largest_flipped_margin is None and "flipped" not in exact.summary()
+
+
+def test_smoothing_keeps_the_fp32_scores_and_meets_the_weights_halfway(onnx_models, hf_models, tmp_path):
+    import shutil
+
+    import onnx
+
+    from exports.onnx import HEAD_NODES, _classifier_feeds, calibration_items
+    from exports.smoothquant import _input_channel_max, smooth_model
+
+    fp32 = onnx_models["minilm", "fp32"]
+    folder = tmp_path / "smoothed"
+    shutil.copytree(fp32, folder)
+    feeds = _classifier_feeds(fp32, calibration_items())
+    head = [n.name for n in onnx.load(str(fp32 / "model.onnx")).graph.node if any(f in n.name for f in HEAD_NODES)]
+    assert smooth_model(fp32 / "model.onnx", folder / "model.onnx", feeds, 0.5, skip=head) == 6 * 4
+    items, _ = probe_items()
+    with engine.load(fp32) as a, engine.load(folder) as b:  # X/s @ (s W) == X @ W
+        assert np.abs(np.array([s.value for s in a.score(items)])
+                      - np.array([s.value for s in b.score(items)])).max() <= 1e-4
+    # alpha 0.5 meets halfway: each channel's input range equals its weight row's range
+    from onnx import numpy_helper
+
+    after = onnx.load(str(folder / "model.onnx"))
+    weights = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    muls = [n for n in after.graph.node if n.name.startswith("/smooth")]
+    ranges = _input_channel_max(after, [m.output[0] for m in muls], feeds)
+    for m in muls:
+        w = np.max([np.abs(weights[n.input[1]]).max(axis=1) for n in after.graph.node
+                    if n.op_type == "MatMul" and n.input[0] == m.output[0]], axis=0)
+        assert np.allclose(ranges[m.output[0]], w, rtol=1e-3, atol=1e-6), m.name
+
+
+def test_smoothed_int8_is_recorded_and_still_static(onnx_models, tmp_path):
+    from exports.onnx import Int8Settings, int8_from_fp32
+
+    out = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "sq", prefix=False,
+                         settings=Int8Settings(smooth=0.5))
+    assert json.loads((out / "arbiter.json").read_text())["int8"]["smooth"] == 0.5
+    runs = _batch_runs(out)
+    assert max(np.abs(s - runs["right", 1]).max() for s in runs.values()) <= 1e-4
