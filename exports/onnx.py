@@ -152,13 +152,15 @@ class Int8Settings:
     stays float, beside the score head (``bench/int8_calibration.py`` measures which
     layers carry the error).
     ``smooth``: SmoothQuant's alpha (``exports/smoothquant.py``), 0 for off: each matmul
-    input's outlier channels are divided down and their weight rows multiplied up first.
+    input's outlier channels are divided down and their weight rows multiplied up first;
+    ``smooth_skip``: regular expressions of matmuls left unsmoothed (still int8).
     """
 
     method: str = "minmax"
     percentile: float = 99.999
     keep_float: tuple[str, ...] = ()
     smooth: float = 0.0
+    smooth_skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -167,14 +169,14 @@ class Int8Settings:
             raise ModelError(f"int8 smooth (SmoothQuant alpha) {self.smooth} is outside [0, 1)")
         if not 50.0 < self.percentile <= 100.0:
             raise ModelError(f"int8 calibration percentile {self.percentile} is outside (50, 100]")
-        for pattern in self.keep_float:
+        for pattern in (*self.keep_float, *self.smooth_skip):
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ModelError(f"int8 keep_float pattern {pattern!r} is not a regular expression ({e})") from e
 
     def to_meta(self) -> dict:
-        return {**asdict(self), "keep_float": list(self.keep_float)}
+        return {**asdict(self), "keep_float": list(self.keep_float), "smooth_skip": list(self.smooth_skip)}
 
 
 def quantize_int8(src_model: Path, dst_model: Path, head_nodes: tuple[str, ...] = HEAD_NODES,
@@ -261,7 +263,8 @@ def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
             from exports.smoothquant import smooth_model
 
             smoothed = Path(tmp) / "smoothed.onnx"
-            smooth_model(src_model, smoothed, calibration, settings.smooth, skip=[*keep, *no_weight])
+            unsmoothed = [n.name for n in graph.node if any(re.search(p, n.name) for p in settings.smooth_skip)]
+            smooth_model(src_model, smoothed, calibration, settings.smooth, skip=[*keep, *no_weight, *unsmoothed])
             src_model = smoothed
         quantize_static(str(src_model), str(dst_model), Feeds(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], per_channel=True,

@@ -116,12 +116,13 @@ def test_int8_export_calibrates_on_a_file_with_the_settings_asked_for(hf_models,
     out = tmp_path / "int8"
     res = run("export", str(hf_models["minilm"]), str(out), "--format", "onnx", "--quant", "int8",
               "--calibration", str(calib), "--int8-calibration", "percentile", "--int8-percentile", "99.9",
-              "--int8-float", "/intermediate/dense/", "--json")
+              "--int8-float", "/intermediate/dense/", "--int8-smooth", "0.5", "--int8-smooth-skip", "/query/",
+              "--json")
     assert json.loads(res.stdout)["outputs"] == [str(out)]
     meta = json.loads((out / "arbiter.json").read_text())
     assert meta["calibration_items"] == 40 + 30  # the probes, then the file's rows
     assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": ["/intermediate/dense/"],
-                           "smooth": 0.0}
+                           "smooth": 0.5, "smooth_skip": ["/query/"]}
     assert sum("/intermediate/dense/" in n for n in meta["kept_float"]) == 6
 
 

@@ -180,7 +180,8 @@ def test_percentile_calibration_narrows_the_activation_ranges_and_is_recorded(on
     out = int8_from_fp32(fp32, tmp_path / "pct", prefix=False,
                          settings=Int8Settings(method="percentile", percentile=99.9))
     meta = json.loads((out / "arbiter.json").read_text())
-    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": [], "smooth": 0.0}
+    assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": [], "smooth": 0.0,
+                            "smooth_skip": []}
     assert json.loads((minmax / "arbiter.json").read_text())["int8"]["method"] == "minmax"
     wide, narrow = _activation_scales(minmax / "model.onnx"), _activation_scales(out / "model.onnx")
     assert wide.keys() == narrow.keys() and len(wide) >= 6 * 4  # every layer's matmul inputs
@@ -275,3 +276,18 @@ def test_smoothed_int8_is_recorded_and_still_static(onnx_models, tmp_path):
     assert json.loads((out / "arbiter.json").read_text())["int8"]["smooth"] == 0.5
     runs = _batch_runs(out)
     assert max(np.abs(s - runs["right", 1]).max() for s in runs.values()) <= 1e-4
+
+
+def test_the_default_recipe_keeps_exactly_the_ffn_output_matmuls_float(onnx_models):
+    """``FFN_OUT`` must name each BERT layer's second FFN matmul and not the attention's output
+    projection (``attention/output/dense``), whose name ends the same way."""
+    import onnx
+
+    from app.pipelines.default_model import recipe_int8
+
+    settings = recipe_int8()
+    names = [n.name for n in onnx.load(str(onnx_models["minilm", "fp32"] / "model.onnx")).graph.node
+             if n.op_type == "MatMul"]
+    hit = [n for n in names if any(re.search(p, n) for p in settings.keep_float)]
+    assert len(hit) == 6 and not any("attention" in n for n in hit), hit
+    assert settings.smooth == 0.6

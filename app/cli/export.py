@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--int8-float", action="append", default=[], metavar="REGEX",
                    help="keep the weighted matmuls whose node name matches REGEX in float (repeatable; "
                         "bench/int8_calibration.py measures which layers carry the error)")
+    g.add_argument("--int8-smooth", type=float, default=0.0, metavar="ALPHA",
+                   help="SmoothQuant first: move activation outliers into the weights (0: off; 0.5 "
+                        "meets halfway; exports/smoothquant.py)")
+    g.add_argument("--int8-smooth-skip", action="append", default=[], metavar="REGEX",
+                   help="matmuls left unsmoothed (repeatable)")
     p.add_argument("--edge", action="store_true",
                    help="a self-contained ONNX folder with Python and Node runners (SRC: an HF "
                         "checkpoint, an ONNX export, or default)")
@@ -126,7 +131,9 @@ def _refuse_int8_flags(args: argparse.Namespace, why: str) -> None:
     given = [flag for flag, on in (("--calibration", args.calibration is not None),
                                    ("--int8-calibration", args.int8_calibration != "minmax"),
                                    ("--int8-percentile", args.int8_percentile != 99.999),
-                                   ("--int8-float", bool(args.int8_float))) if on]
+                                   ("--int8-float", bool(args.int8_float)),
+                                   ("--int8-smooth", args.int8_smooth != 0.0),
+                                   ("--int8-smooth-skip", bool(args.int8_smooth_skip))) if on]
     if given:
         raise InputError(f"{', '.join(given)}: {why}", field=given[0])
 
@@ -142,7 +149,8 @@ def _int8_options(args: argparse.Namespace) -> dict:
         _refuse_int8_flags(args, "they set how int8 is made; add --quant int8")
         return {}
     settings = Int8Settings(method=args.int8_calibration, percentile=args.int8_percentile,
-                            keep_float=tuple(args.int8_float))
+                            keep_float=tuple(args.int8_float), smooth=args.int8_smooth,
+                            smooth_skip=tuple(args.int8_smooth_skip))
     calibration = ()
     if args.calibration is not None:
         from engine.jsonl import read_items
