@@ -63,14 +63,17 @@ class EdgeSources:
     origin: str = ""
 
 
-def export_edge(src: str | Path, out: Path, *, quant: str | None = None) -> Path:
-    """Write the edge folder ``out`` for ``src`` (a spec the engine opens); returns ``out``."""
+def export_edge(src: str | Path, out: Path, *, quant: str | None = None, int8: dict | None = None) -> Path:
+    """Write the edge folder ``out`` for ``src`` (a spec the engine opens); returns ``out``.
+
+    ``int8``: ``int8_from_fp32``'s ``calibration`` and ``settings`` for the int8 file made here
+    (refused where the source's int8 is already made: the default, an int8 export)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelError(f"{out}: exists and is not empty; choose a new folder")
     with tempfile.TemporaryDirectory(prefix="arbiter-edge-") as tmp:
         work = Path(tmp)
-        build_edge(edge_sources(src, quant, work), out)
+        build_edge(edge_sources(src, quant, work, int8), out)
     return out
 
 
@@ -93,7 +96,7 @@ def build_edge(sources: EdgeSources, out: Path) -> Path:
 
 
 # -- where the model files come from ------------------------------------------------------------
-def edge_sources(src: str | Path, quant: str | None, work: Path) -> EdgeSources:
+def edge_sources(src: str | Path, quant: str | None, work: Path, int8: dict | None = None) -> EdgeSources:
     """The engine ONNX folders (made under ``work`` when exported) whose files ship for ``src``."""
     from engine.registry import DEFAULT, default_model_path, resolve
 
@@ -106,14 +109,15 @@ def edge_sources(src: str | Path, quant: str | None, work: Path) -> EdgeSources:
             raise ModelError("this build of Arbiter ships no ONNX default model to export")
         if quant == "fp32":
             raise ModelError(f"--quant fp32: {DEFAULT_FP32_ABSENT}")
+        _no_int8_settings(int8, "the built-in default ships its int8 file as built")
         card = folder.parent / "MODEL_CARD.md"
         return EdgeSources({"int8": _static_int8(folder)}, DEFAULT_FP32_ABSENT,
                            card if card.is_file() else None, "the built-in default model")
     entry = resolve(src)
     if entry.format == "torch":
-        return _from_checkpoint(entry.path, quant, work)
+        return _from_checkpoint(entry.path, quant, work, int8 or {})
     if entry.format == "onnx":
-        return _from_onnx(entry.path if entry.path.is_dir() else entry.path.parent, quant, work)
+        return _from_onnx(entry.path if entry.path.is_dir() else entry.path.parent, quant, work, int8)
     raise ModelError(f"{entry.path}: a GGUF file cannot become an edge (ONNX) folder; export the "
                      "Hugging Face checkpoint it came from: `arbiter export CHECKPOINT OUT --edge`")
 
@@ -122,23 +126,31 @@ def _card_of(folder: Path) -> Path | None:
     return next((p for n in ("MODEL_CARD.md", "README.md") if (p := folder / n).is_file()), None)
 
 
-def _from_checkpoint(src: Path, quant: str | None, work: Path) -> EdgeSources:
+def _no_int8_settings(int8: dict | None, why: str) -> None:
+    if int8:
+        raise ModelError(f"int8 calibration settings do not apply here: {why}")
+
+
+def _from_checkpoint(src: Path, quant: str | None, work: Path, int8: dict) -> EdgeSources:
     from exports.onnx import export_onnx, int8_from_fp32
 
     fp32 = export_onnx(src, work / "fp32", prefix=False)
     folders = {"fp32": fp32}
     if quant != "fp32":
-        folders["int8"] = int8_from_fp32(fp32, work / "int8", prefix=False)
+        folders["int8"] = int8_from_fp32(fp32, work / "int8", prefix=False, **int8)
+    else:
+        _no_int8_settings(int8, "--quant fp32 makes no int8 file")
     return EdgeSources(folders, None, _card_of(src), f"the Hugging Face checkpoint `{src.resolve().name}`")
 
 
-def _from_onnx(folder: Path, quant: str | None, work: Path) -> EdgeSources:
+def _from_onnx(folder: Path, quant: str | None, work: Path, int8: dict | None) -> EdgeSources:
     dtype = str(read_meta(folder).get("dtype", "fp32"))
     card, origin = _card_of(folder), f"the Arbiter ONNX export `{folder.resolve().name}`"
     if dtype == "int8":
         if quant == "fp32":
             raise ModelError(f"{folder}: is an int8 export, so it has no fp32 weights to ship; export "
                              "the Hugging Face checkpoint it came from with --edge")
+        _no_int8_settings(int8, f"{folder} is an int8 export; its settings were fixed when it was made")
         why = (f"{folder} is an int8 export: it has no fp32 weights. `arbiter export CHECKPOINT OUT "
                "--edge` on the Hugging Face checkpoint it came from ships both")
         return EdgeSources({"int8": _static_int8(folder)}, why, card, origin)
@@ -148,7 +160,9 @@ def _from_onnx(folder: Path, quant: str | None, work: Path) -> EdgeSources:
     if quant == "int8":
         from exports.onnx import int8_from_fp32
 
-        folders["int8"] = int8_from_fp32(folder, work / "int8", prefix=False)
+        folders["int8"] = int8_from_fp32(folder, work / "int8", prefix=False, **(int8 or {}))
+    else:
+        _no_int8_settings(int8, "an fp32 export's edge folder gets int8 only with --quant int8")
     return EdgeSources(folders, None, card, origin)
 
 

@@ -244,6 +244,27 @@ def test_cli_edge_from_an_fp32_onnx_folder_adds_int8(hf_models, runner_python, t
     assert "onnx/model_int8.onnx: " in done.stdout and "onnx/model.onnx: " in done.stdout
 
 
+def test_cli_edge_int8_takes_the_calibration_settings(hf_models, runner_python, tmp_path, capsys):
+    import onnx
+
+    from app.cli.main import main
+
+    edge = tmp_path / "edge"
+    assert main(["export", str(hf_models["minilm"]), str(edge), "--edge", "--int8-smooth", "0.5",
+                 "--int8-float", "/intermediate/dense/"]) == 0
+    graph = onnx.load(str(edge / "onnx/model_int8.onnx")).graph
+    assert sum(n.name.startswith("/smooth") for n in graph.node) == 6 * 3  # ffn-in float: not smoothed
+    done = run(runner_python, edge, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    capsys.readouterr()
+    assert main(["export", "default", str(tmp_path / "d"), "--edge", "--int8-smooth", "0.5"]) == 2
+    assert "ships its int8 file as built" in capsys.readouterr().err
+    assert main(["export", str(hf_models["minilm"]), str(tmp_path / "f"), "--edge", "--quant", "fp32",
+                 "--int8-smooth", "0.5"]) == 2
+    assert "add --quant int8" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "f").exists()
+
+
 def test_cli_refuses_what_it_cannot_ship(tmp_path, capsys):
     from app.cli.main import main
 

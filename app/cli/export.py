@@ -139,13 +139,14 @@ def _refuse_int8_flags(args: argparse.Namespace, why: str) -> None:
 
 
 def _int8_options(args: argparse.Namespace) -> dict:
-    """``export_onnx``'s calibration and settings from the onnx int8 flags (refused for fp32)."""
+    """``export_onnx``'s calibration and settings from the onnx int8 flags (refused for fp32;
+    ``--edge`` makes int8 unless ``--quant fp32``)."""
     from itertools import islice
 
     from engine.errors import InputError
     from exports.onnx import Int8Settings
 
-    if args.quant != "int8":
+    if args.quant != "int8" and not (args.edge and args.quant is None):
         _refuse_int8_flags(args, "they set how int8 is made; add --quant int8")
         return {}
     settings = Int8Settings(method=args.int8_calibration, percentile=args.int8_percentile,
@@ -159,6 +160,12 @@ def _int8_options(args: argparse.Namespace) -> dict:
         if not calibration:
             raise InputError(f"{args.calibration}: no items to calibrate on", field="--calibration")
     return {"calibration": calibration, "int8": settings}
+
+
+def _default_int8():
+    from exports.onnx import Int8Settings
+
+    return Int8Settings()
 
 
 def _export_lora(args: argparse.Namespace):
@@ -188,8 +195,10 @@ def cmd_export_edge(args: argparse.Namespace) -> int:
     if args.format == "gguf" or args.verify:
         raise InputError("--edge makes ONNX files and checks them itself (golden.jsonl, runner.py "
                          "--check); drop --format gguf / --verify")
-    _refuse_int8_flags(args, "an edge folder's int8 is made with the default settings")
-    out = export_edge(args.src, args.out, quant=args.quant)
+    given = _int8_options(args)
+    int8 = ({"calibration": given["calibration"], "settings": given["int8"]}
+            if given and (given["calibration"] or given["int8"] != _default_int8()) else None)
+    out = export_edge(args.src, args.out, quant=args.quant, int8=int8)
     files = json.loads((out / "arbiter.json").read_text(encoding="utf-8"))["files"]
     shipped = [f for f in files.values() if f]
     emit(args, {"outputs": [str(out)], "format": "edge", "files": files},
