@@ -4,8 +4,8 @@
 Hugging Face's own last-non-pad-token logic into the graph, so left and right
 padding both give the reference score. Quantization is onnxruntime's static QDQ int8:
 per-channel int8 weights, and one fixed uint8 scale per activation tensor, calibrated
-(min/max) on the probe set plus the caller's real items, each run alone so padding
-never enters the ranges. Fixed scales make a score independent of the batch it runs in
+(min/max unless :class:`Int8Settings` says otherwise) on the probe set plus the caller's
+real items, each run alone so padding never enters the ranges. Fixed scales make a score independent of the batch it runs in
 and of the padding (dynamic int8, what exports before ``activation_quant`` was recorded
 used, takes each scale over the whole batch, padding included: one row's score moved
 with its neighbours). Only matmuls with a weight are quantized; their outputs, the
@@ -146,7 +146,7 @@ class Int8Settings:
     """How static int8 is made, recorded in arbiter.json as ``int8``.
 
     ``method``: ``minmax`` takes each activation's full range over the calibration items;
-    ``percentile`` clips it at the ``percentile`` of its absolute values (onnxruntime's
+    ``percentile`` cuts (100 - ``percentile``) / 2 % of the values off each end (onnxruntime's
     histogram), trading the rare outlier for finer steps everywhere else.
     ``keep_float``: regular expressions; a weighted matmul whose node name matches one
     stays float, beside the score head (``bench/int8_calibration.py`` measures which
@@ -173,7 +173,7 @@ class Int8Settings:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise ModelError(f"int8 keep_float pattern {pattern!r} is not a regular expression ({e})") from e
+                raise ModelError(f"int8 layer pattern {pattern!r} is not a regular expression ({e})") from e
 
     def to_meta(self) -> dict:
         return {**asdict(self), "keep_float": list(self.keep_float), "smooth_skip": list(self.smooth_skip)}
@@ -257,8 +257,8 @@ def _quantize_static(src_model: Path, dst_model: Path, graph, keep: list[str],
     else:
         method, calib = CalibrationMethod.MinMax, {}
     # onnxruntime's histogram calibrater prints its settings to stdout: kept off a CLI's output
-    with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp, \
-            contextlib.redirect_stdout(io.StringIO()):  # tmp: onnxruntime's augmented graph
+    quiet = contextlib.redirect_stdout(io.StringIO()) if settings.method == "percentile" else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="arbiter-calib-") as tmp, quiet:  # tmp: onnxruntime's augmented graph
         if settings.smooth:
             from exports.smoothquant import smooth_model
 

@@ -125,5 +125,6 @@ def _scales(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
 def _save(model, path: Path) -> None:
     import onnx
 
-    big = model.ByteSize() > EXTERNAL_DATA_BYTES
+    # protobuf cannot measure (or write) a message over 2 GB, so count the weights' bytes
+    big = sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save(model, str(path), save_as_external_data=big, location=f"{path.name}_data" if big else None)
