@@ -364,3 +364,19 @@ def test_version_outside_the_bundle_and_a_missing_optional_package(tmp_path, cap
     assert main(["export", str(tmp_path), str(tmp_path / "out"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("arbiter: error: `arbiter export` needs the Python package 'exports.onnx'")
+
+
+def test_models_info_says_how_an_int8_file_was_made(hf_models, onnx_models, tmp_path, capsys):
+    from app.cli.main import main
+    from exports.onnx import Int8Settings, int8_from_fp32
+
+    smoothed = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "sq", prefix=False,
+                              settings=Int8Settings(smooth=0.5, keep_float=("/intermediate/dense/",)))
+    made = {}
+    for name, folder in (("plain", onnx_models["minilm", "int8"]), ("smoothed", smoothed)):
+        assert main(["models", "info", str(folder)]) == 0
+        made[name] = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("int8 made"))
+    assert made["plain"].endswith("static, minmax; 2 matmuls float")  # pooler and classifier
+    assert made["smoothed"].endswith("static, minmax; SmoothQuant alpha 0.5; 8 matmuls float")
+    assert main(["models", "info", str(smoothed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["extra"]["int8"]["smooth"] == 0.5

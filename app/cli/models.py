@@ -73,6 +73,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"{'chat_template':<14} {'yes' if info.chat_template else 'no (text-pair encoding)'}")
     if info.format == "onnx" and info.dtype == "int8":  # engine/int8_weights.py: by CPU
         lines.append(f"{'int8 weights':<14} {info.extra.get('int8_weights', 'as stored')}")
+        lines.append(f"{'int8 made':<14} {_int8_made(info.extra)}")
     if "lora_base" in info.extra:  # a GGUF LoRA adapter over a base found by sha256 (engine/gguf_adapter.py)
         lines.append(f"{'adapter':<14} LoRA rank {info.extra['lora_rank']} on {info.extra['lora_modules']} "
                      f"projections, applied by llama.cpp over {info.extra['lora_base']}")
@@ -81,6 +82,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines += [f"  {f.path}  {f.size / 1e6:.1f} MB  sha256 {f.sha256}" for f in info.files]
     emit(args, d, "\n".join(lines))
     return 0
+
+
+def _int8_made(extra: dict) -> str:
+    """One line on how an int8 ONNX file was quantized (its arbiter.json)."""
+    if extra.get("activation_quant", "dynamic") in (None, "dynamic"):
+        return "dynamic activation ranges (per batch)"
+    settings = extra.get("int8") or {"method": "minmax"}  # exports before Int8Settings were min/max
+    parts = [f"static, {settings['method']}" + (f" {settings['percentile']}" if settings["method"] == "percentile" else "")]
+    if settings.get("smooth"):
+        parts.append(f"SmoothQuant alpha {settings['smooth']}")
+    parts.append(f"{extra.get('kept_float', 0)} matmuls float")
+    return "; ".join(parts)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

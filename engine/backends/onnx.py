@@ -206,6 +206,9 @@ class OnnxScorer(Scorer):
             length_correction=float(meta.get("length_correction") or 0.0),
             extra={"threads": threads or 0, "inputs": sorted(self._inputs), "outputs": list(self.output_names),
                    "int8_weights": int8_weights,
+                   # how an int8 file was made (exports/onnx.py Int8Settings; absent: min/max or dynamic)
+                   "activation_quant": meta.get("activation_quant"), "int8": meta.get("int8"),
+                   "kept_float": len(meta.get("kept_float") or []),
                    "prompt_sharing": self._prefix_file is not None,
                    "prompt_sharing_by_default": self._prefix_file is not None and self.share_prompt_by_default},
         )
