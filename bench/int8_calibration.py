@@ -36,6 +36,7 @@ from app.pipelines.default_model import calibration_pairs  # noqa: E402
 from engine.types import Item  # noqa: E402
 from exports.onnx import Int8Settings, export_onnx, int8_from_fp32  # noqa: E402
 from exports.probes import probe_items  # noqa: E402
+from exports.verify import compare_pairs  # noqa: E402
 from trainer.data.record import read_pairs  # noqa: E402
 
 # the weighted matmuls of a BERT layer, by node name in optimum's export
@@ -102,10 +103,6 @@ def _rate(model: Path, items: list[Item], threads: int, repeat: int) -> float:
     return best
 
 
-def _agreement(got: np.ndarray, want: np.ndarray, pairs: list[tuple[int, int]]) -> float:
-    return float(np.mean([np.sign(got[i] - got[j]) == np.sign(want[i] - want[j]) for i, j in pairs]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="a default_model WORK folder (run/best, gold.jsonl)")
@@ -117,6 +114,8 @@ def main() -> None:
     args = ap.parse_args()
     ckpt = args.checkpoint or args.work / "run" / "best"
     names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    if unknown := [n for n in names if n not in VARIANTS]:
+        ap.error(f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}")
     probes, probe_pairs = probe_items()
     gold, gold_pairs = _gold_items(args.work, ckpt, args.gold)
     want_p, want_g = _scores(ckpt, probes, format="torch"), _scores(ckpt, gold, format="torch")
@@ -133,7 +132,7 @@ def main() -> None:
         for name in names:
             calib = calibration_pairs(args.work, CALIBRATION_PAIRS[name]) if name in CALIBRATION_PAIRS else calibration
             rows.append((name, int8_from_fp32(fp32, Path(tmp) / f"v{len(rows)}", calibration=calib,
-                                              prefix=False, settings=VARIANTS[name])))
+                                              prefix=False, int8=VARIANTS[name])))
             _print_row(*rows[-1], probes, probe_pairs, want_p, gold, gold_pairs, want_g)
         _print_row(*rows[0], probes, probe_pairs, want_p, gold, gold_pairs, want_g)
         _print_speeds(rows, gold, args)
@@ -143,8 +142,8 @@ def _print_row(name: str, folder: Path, probes, probe_pairs, want_p, gold, gold_
     got_p, got_g = _scores(folder, probes), _scores(folder, gold)
     dp, dg = np.abs(got_p - want_p), np.abs(got_g - want_g)
     mb = (folder / "model.onnx").stat().st_size / 2**20
-    print(f"| {name} | {dp.max():.3f} / {dp.mean():.4f} | {_agreement(got_p, want_p, probe_pairs):.1%} "
-          f"| {dg.max():.3f} / {dg.mean():.4f} | {_agreement(got_g, want_g, gold_pairs):.1%} | {mb:.1f} |",
+    print(f"| {name} | {dp.max():.3f} / {dp.mean():.4f} | {compare_pairs(got_p, want_p, probe_pairs).agreement:.1%} "
+          f"| {dg.max():.3f} / {dg.mean():.4f} | {compare_pairs(got_g, want_g, gold_pairs).agreement:.1%} | {mb:.1f} |",
           flush=True)
 
 

@@ -66,7 +66,7 @@ class EdgeSources:
 def export_edge(src: str | Path, out: Path, *, quant: str | None = None, int8: dict | None = None) -> Path:
     """Write the edge folder ``out`` for ``src`` (a spec the engine opens); returns ``out``.
 
-    ``int8``: ``int8_from_fp32``'s ``calibration`` and ``settings`` for the int8 file made here
+    ``int8``: ``int8_from_fp32``'s ``calibration`` and ``int8`` (settings) for the int8 file made here
     (refused where the source's int8 is already made: the default, an int8 export)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

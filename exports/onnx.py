@@ -5,8 +5,8 @@ Hugging Face's own last-non-pad-token logic into the graph, so left and right
 padding both give the reference score. Quantization is onnxruntime's static QDQ int8:
 per-channel int8 weights, and one fixed uint8 scale per activation tensor, calibrated
 (min/max unless :class:`Int8Settings` says otherwise) on the probe set plus the caller's
-real items, each run alone so padding never enters the ranges. Fixed scales make a score independent of the batch it runs in
-and of the padding (dynamic int8, what exports before ``activation_quant`` was recorded
+real items, each run alone so padding never enters the ranges. Fixed scales make a
+score independent of the batch it runs in and of the padding (dynamic int8, what exports before ``activation_quant`` was recorded
 used, takes each scale over the whole batch, padding included: one row's score moved
 with its neighbours). Only matmuls with a weight are quantized; their outputs, the
 attention's activation x activation matmuls, the reward head and the BERT pooler stay
@@ -167,6 +167,8 @@ class Int8Settings:
             raise ModelError(f"unknown int8 calibration {self.method!r}; choose {' or '.join(CALIBRATION_METHODS)}")
         if not 0.0 <= self.smooth < 1.0:
             raise ModelError(f"int8 smooth (SmoothQuant alpha) {self.smooth} is outside [0, 1)")
+        if self.smooth_skip and not self.smooth:
+            raise ModelError("int8 smooth_skip names matmuls to leave unsmoothed, but smoothing is off (smooth 0)")
         if not 50.0 < self.percentile <= 100.0:
             raise ModelError(f"int8 calibration percentile {self.percentile} is outside (50, 100]")
         for pattern in (*self.keep_float, *self.smooth_skip):
@@ -520,7 +522,7 @@ def _int8_folder(fp32: Path, dst: Path, meta: dict, calibration: Iterable[Item],
 
 
 def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), prefix: bool = True,
-                   settings: Int8Settings = Int8Settings()) -> Path:
+                   int8: Int8Settings = Int8Settings()) -> Path:
     """The static int8 twin of the fp32 export folder ``fp32``, written to the new folder ``dst``.
 
     The same int8 that ``export_onnx(..., quant="int8")`` makes, for a folder that was
@@ -536,7 +538,7 @@ def int8_from_fp32(fp32: Path, dst: Path, *, calibration: Iterable[Item] = (), p
     if dst.exists() and any(dst.iterdir()):
         raise ModelError(f"{dst}: exists and is not empty; choose a new folder")
     with tempfile.TemporaryDirectory(prefix="arbiter-int8-") as tmp:
-        built = _int8_folder(fp32, Path(tmp) / "int8", meta, calibration, STATIC, settings)
+        built = _int8_folder(fp32, Path(tmp) / "int8", meta, calibration, STATIC, int8)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists():
             dst.rmdir()

@@ -70,21 +70,32 @@ def verify(model: str | Path, reference: str | Path, **load_options) -> VerifyRe
         want = np.array([s.value for s in ref.score(items)])
         info = rm.info
     diff = np.abs(got - want)
-    i, j = np.array(pairs).T
-    margin_got, margin_want = got[i] - got[j], want[i] - want[j]
-    same = np.sign(margin_got) == np.sign(margin_want)
-    agree = float(np.mean(same))
-    flipped = np.abs(margin_want[~same])
-    p_shift = np.abs(_sigmoid(margin_got) - _sigmoid(margin_want))
+    ranking = compare_pairs(got, want, pairs)
     max_allowed = MAX_DIFF.get((info.format, info.dtype))
     min_agree = MIN_AGREEMENT.get(info.dtype)
     passed = ((max_allowed is None or diff.max() <= max_allowed)
-              and (min_agree is None or agree >= min_agree))
+              and (min_agree is None or ranking.agreement >= min_agree))
     return VerifyReport(str(model), str(reference), info.format, info.dtype, len(items), len(pairs),
-                        float(diff.max()), float(diff.mean()), agree, max_allowed, min_agree,
-                        bool(passed), int(flipped.size), float(flipped.max()) if flipped.size else None,
-                        float(p_shift.max()))
+                        float(diff.max()), float(diff.mean()), ranking.agreement, max_allowed, min_agree,
+                        bool(passed), ranking.flipped, ranking.largest_flipped_margin, ranking.max_p_shift)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+@dataclass(frozen=True)
+class PairComparison:
+    agreement: float  # share of pairs with the reference's winner
+    flipped: int
+    largest_flipped_margin: float | None  # the reference's |margin| of the widest flip
+    max_p_shift: float  # largest |P(A better than B) - the reference's P|
+
+
+def compare_pairs(got: np.ndarray, want: np.ndarray, pairs: list[tuple[int, int]]) -> PairComparison:
+    """How the scores ``got`` rank the index ``pairs`` against the reference scores ``want``."""
+    from engine.types import sigmoid
+
+    i, j = np.array(pairs).T
+    margin_got, margin_want = got[i] - got[j], want[i] - want[j]
+    same = np.sign(margin_got) == np.sign(margin_want)
+    flipped = np.abs(margin_want[~same])
+    p_shift = max(abs(sigmoid(a) - sigmoid(b)) for a, b in zip(margin_got, margin_want, strict=True))
+    return PairComparison(float(np.mean(same)), int(flipped.size),
+                          float(flipped.max()) if flipped.size else None, float(p_shift))

@@ -130,13 +130,21 @@ def test_int8_export_calibrates_on_a_file_with_the_settings_asked_for(hf_models,
     (["--quant", "fp32", "--int8-float", "x"], "--int8-float: they set how int8 is made; add --quant int8"),
     (["--quant", "int8", "--calibration", "BAD"], "BAD:2:"),
     (["--quant", "int8", "--int8-float", "("], "not a regular expression"),
+    (["--quant", "int8", "--int8-percentile", "99.9"], "--int8-percentile applies to --int8-calibration percentile"),
+    (["--quant", "int8", "--int8-smooth-skip", "/query/"], "but smoothing is off"),
+    (["--quant", "int8", "--calibration", "MISSING"], "MISSING"),
+    (["--quant", "int8", "--calibration", "LATIN1"], "LATIN1:1:"),
 ])
 def test_int8_flags_that_cannot_apply_say_why(hf_models, tmp_path, extra, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n" + '{"prompt": "q"}\n')
-    extra = [str(bad) if a == "BAD" else a for a in extra]
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "caf\u00e9", "response": "a"}\n'.encode("latin-1"))
+    files = {"BAD": bad, "MISSING": tmp_path / "missing.jsonl", "LATIN1": tmp_path / "latin1.jsonl"}
+    extra = [str(files.get(a, a)) for a in extra]
     res = run("export", str(hf_models["minilm"]), str(tmp_path / "out"), "--format", "onnx", *extra, ok=False)
-    assert res.returncode == 2 and message.replace("BAD", str(bad)) in res.stderr, res.stderr
+    for name, path in files.items():
+        message = message.replace(name, str(path))
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -371,7 +379,7 @@ def test_models_info_says_how_an_int8_file_was_made(hf_models, onnx_models, tmp_
     from exports.onnx import Int8Settings, int8_from_fp32
 
     smoothed = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "sq", prefix=False,
-                              settings=Int8Settings(smooth=0.5, keep_float=("/intermediate/dense/",)))
+                              int8=Int8Settings(smooth=0.5, keep_float=("/intermediate/dense/",)))
     made = {}
     for name, folder in (("plain", onnx_models["minilm", "int8"]), ("smoothed", smoothed)):
         assert main(["models", "info", str(folder)]) == 0

@@ -178,7 +178,7 @@ def test_percentile_calibration_narrows_the_activation_ranges_and_is_recorded(on
 
     fp32, minmax = onnx_models["minilm", "fp32"], onnx_models["minilm", "int8"]
     out = int8_from_fp32(fp32, tmp_path / "pct", prefix=False,
-                         settings=Int8Settings(method="percentile", percentile=99.9))
+                         int8=Int8Settings(method="percentile", percentile=99.9))
     meta = json.loads((out / "arbiter.json").read_text())
     assert meta["int8"] == {"method": "percentile", "percentile": 99.9, "keep_float": [], "smooth": 0.0,
                             "smooth_skip": []}
@@ -198,7 +198,7 @@ def test_keep_float_patterns_leave_those_matmuls_unquantized(onnx_models, tmp_pa
     from exports.onnx import Int8Settings, int8_from_fp32
 
     out = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "ffn", prefix=False,
-                         settings=Int8Settings(keep_float=(r"/intermediate/dense/",)))
+                         int8=Int8Settings(keep_float=(r"/intermediate/dense/",)))
     kept = json.loads((out / "arbiter.json").read_text())["kept_float"]
     ffn = [n for n in kept if "/intermediate/dense/" in n]
     assert len(ffn) == 6 and len(kept) == len(ffn) + 2  # six layers, beside pooler and classifier
@@ -272,7 +272,7 @@ def test_smoothed_int8_is_recorded_and_still_static(onnx_models, tmp_path):
     from exports.onnx import Int8Settings, int8_from_fp32
 
     out = int8_from_fp32(onnx_models["minilm", "fp32"], tmp_path / "sq", prefix=False,
-                         settings=Int8Settings(smooth=0.5))
+                         int8=Int8Settings(smooth=0.5))
     assert json.loads((out / "arbiter.json").read_text())["int8"]["smooth"] == 0.5
     runs = _batch_runs(out)
     assert max(np.abs(s - runs["right", 1]).max() for s in runs.values()) <= 1e-4

@@ -34,18 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="items JSONL (as `arbiter score` reads) whose activations set the int8 ranges, "
                         f"beside the probe set; the first {CALIBRATION_LIMIT} rows are used (default: "
                         "the probes only; real text of the kind you will score calibrates better)")
-    g.add_argument("--int8-calibration", choices=["minmax", "percentile"], default="minmax",
+    g.add_argument("--int8-calibration", choices=["minmax", "percentile"], default=None,
                    help="minmax: each activation's full range (default); percentile: clipped at "
                         "--int8-percentile, finer steps for the bulk of the values")
-    g.add_argument("--int8-percentile", type=float, default=99.999)
+    g.add_argument("--int8-percentile", type=float, default=None, help="with percentile (default 99.999)")
     g.add_argument("--int8-float", action="append", default=[], metavar="REGEX",
                    help="keep the weighted matmuls whose node name matches REGEX in float (repeatable; "
                         "bench/int8_calibration.py measures which layers carry the error)")
-    g.add_argument("--int8-smooth", type=float, default=0.0, metavar="ALPHA",
-                   help="SmoothQuant first: move activation outliers into the weights (0: off; 0.5 "
-                        "meets halfway; exports/smoothquant.py)")
+    g.add_argument("--int8-smooth", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant first: move activation outliers into the weights (0.5 meets "
+                        "halfway; exports/smoothquant.py)")
     g.add_argument("--int8-smooth-skip", action="append", default=[], metavar="REGEX",
-                   help="matmuls left unsmoothed (repeatable)")
+                   help="with --int8-smooth: matmuls left unsmoothed (repeatable)")
     p.add_argument("--edge", action="store_true",
                    help="a self-contained ONNX folder with Python and Node runners (SRC: an HF "
                         "checkpoint, an ONNX export, or default)")
@@ -124,35 +124,42 @@ def _export(args: argparse.Namespace) -> int:
     return rc
 
 
+#: the onnx int8 flags: argparse dest -> the Int8Settings field it sets (None: not a setting)
+INT8_FLAGS = {"calibration": None, "int8_calibration": "method", "int8_percentile": "percentile",
+              "int8_float": "keep_float", "int8_smooth": "smooth", "int8_smooth_skip": "smooth_skip"}
+
+
+def _int8_flags_given(args: argparse.Namespace) -> list[str]:
+    return [dest for dest in INT8_FLAGS if getattr(args, dest) not in (None, [])]
+
+
 def _refuse_int8_flags(args: argparse.Namespace, why: str) -> None:
     """An InputError naming the onnx int8 flags given where they would be ignored."""
     from engine.errors import InputError
 
-    given = [flag for flag, on in (("--calibration", args.calibration is not None),
-                                   ("--int8-calibration", args.int8_calibration != "minmax"),
-                                   ("--int8-percentile", args.int8_percentile != 99.999),
-                                   ("--int8-float", bool(args.int8_float)),
-                                   ("--int8-smooth", args.int8_smooth != 0.0),
-                                   ("--int8-smooth-skip", bool(args.int8_smooth_skip))) if on]
-    if given:
+    if given := ["--" + d.replace("_", "-") for d in _int8_flags_given(args)]:
         raise InputError(f"{', '.join(given)}: {why}", field=given[0])
 
 
 def _int8_options(args: argparse.Namespace) -> dict:
-    """``export_onnx``'s calibration and settings from the onnx int8 flags (refused for fp32;
-    ``--edge`` makes int8 unless ``--quant fp32``)."""
+    """``export_onnx``'s ``calibration`` and ``int8`` from the onnx int8 flags; {} when none is given.
+
+    Refused unless int8 is made: ``--quant int8``, or ``--edge`` without ``--quant fp32``."""
     from itertools import islice
 
     from engine.errors import InputError
     from exports.onnx import Int8Settings
 
+    given = _int8_flags_given(args)
+    if not given:
+        return {}
     if args.quant != "int8" and not (args.edge and args.quant is None):
         _refuse_int8_flags(args, "they set how int8 is made; add --quant int8")
-        return {}
-    settings = Int8Settings(method=args.int8_calibration, percentile=args.int8_percentile,
-                            keep_float=tuple(args.int8_float), smooth=args.int8_smooth,
-                            smooth_skip=tuple(args.int8_smooth_skip))
-    calibration = ()
+    if args.int8_percentile is not None and args.int8_calibration != "percentile":
+        raise InputError("--int8-percentile applies to --int8-calibration percentile", field="--int8-percentile")
+    settings = Int8Settings(**{INT8_FLAGS[d]: tuple(v) if isinstance(v := getattr(args, d), list) else v
+                               for d in given if INT8_FLAGS[d]})
+    calibration = []
     if args.calibration is not None:
         from engine.jsonl import read_items
 
@@ -160,12 +167,6 @@ def _int8_options(args: argparse.Namespace) -> dict:
         if not calibration:
             raise InputError(f"{args.calibration}: no items to calibrate on", field="--calibration")
     return {"calibration": calibration, "int8": settings}
-
-
-def _default_int8():
-    from exports.onnx import Int8Settings
-
-    return Int8Settings()
 
 
 def _export_lora(args: argparse.Namespace):
@@ -195,10 +196,7 @@ def cmd_export_edge(args: argparse.Namespace) -> int:
     if args.format == "gguf" or args.verify:
         raise InputError("--edge makes ONNX files and checks them itself (golden.jsonl, runner.py "
                          "--check); drop --format gguf / --verify")
-    given = _int8_options(args)
-    int8 = ({"calibration": given["calibration"], "settings": given["int8"]}
-            if given and (given["calibration"] or given["int8"] != _default_int8()) else None)
-    out = export_edge(args.src, args.out, quant=args.quant, int8=int8)
+    out = export_edge(args.src, args.out, quant=args.quant, int8=_int8_options(args) or None)
     files = json.loads((out / "arbiter.json").read_text(encoding="utf-8"))["files"]
     shipped = [f for f in files.values() if f]
     emit(args, {"outputs": [str(out)], "format": "edge", "files": files},
