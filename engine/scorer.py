@@ -300,6 +300,12 @@ class Scorer(ABC):
                 out[i] = float(v)
         return out
 
+    @property
+    def windows_long_responses(self) -> bool:
+        """Whether ``on_too_long="window"`` applies: cross-encoders (text pairs) only, since a
+        decoder reads its score at the end of the response's turn, which a window does not have."""
+        return self.encoder.kind == "pair"
+
     def window_policy(self, agg: str = WINDOW_AGG, size: int | None = None,
                       stride: int | None = None) -> WindowPolicy:
         """The window policy for this model: ``size`` defaults to :data:`WINDOW_SHARE` of the

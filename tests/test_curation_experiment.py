@@ -82,7 +82,12 @@ def test_quick_run_trains_every_arm_on_the_same_pairs_and_reuses_finished_steps(
     assert all(p["label_origin"] == "flipped" for p in d_train)
     assert 0 <= facts["arm_d"]["flipped"] <= n
     assert set(evals) == {"a", "b", "c", "d", "gold"}
+    # every model's run says how far it got, so a table of models that learnt nothing says so
+    assert set(facts["learning"]) == {"a", "b", "c", "d", "gold"}
+    assert all(v["steps"] >= v["best_step"] >= 1 and 0 <= v["gold_select"] <= 1 for v in facts["learning"].values())
+    assert facts["command"].startswith("python -m app.pipelines.curation_experiment --quick")
     table = (work / "results.md").read_text()
+    assert "Did each model learn?" in table and facts["command"] in table
     for name in ARM_NAMES.values():
         assert f"| {name} |" in table
     for who in ("random", "longer wins", "shorter wins"):
@@ -107,3 +112,16 @@ def test_quick_run_trains_every_arm_on_the_same_pairs_and_reuses_finished_steps(
     again = capsys.readouterr()
     assert "training" not in again.err and "round 1: training" not in again.err
     assert json.loads((work / "results.json").read_text())["evals"] == evals
+
+
+def test_budget_flags_override_the_full_budget_and_zero_reads_every_benchmark_record():
+    from app.pipelines.curation_experiment import FULL, budget_of, parser
+
+    b = budget_of(parser().parse_args(["--pairs", "800", "--epochs", "2", "--gold-epochs", "4", "--batch", "8",
+                                       "--eval-every", "10", "--stage1-pool", "50", "--bench-limit", "300"]))
+    assert (b.pairs, b.epochs, b.gold_epochs, b.batch, b.eval_every, b.stage1_pool) == (800, 2.0, 4.0, 8, 10, 50)
+    assert (b.bench_limit, b.rmb_limit) == (300, 300)  # RMB follows --bench-limit
+    assert (b.max_length, b.stage2_pool) == (FULL.max_length, FULL.stage2_pool)  # what was not given stays
+    every = budget_of(parser().parse_args(["--bench-limit", "0", "--stage2-pool", "0"]))
+    assert (every.bench_limit, every.rmb_limit, every.stage2_pool) == (None, 600, None)
+    assert budget_of(parser().parse_args([])) == FULL

@@ -157,6 +157,58 @@ def test_best_of_n_order_equals_the_engines(qtbot, make_window, onnx_models, tmp
     assert json.loads(out.read_text())["response"] == r.best.response
 
 
+LONG = " ".join(["The quick brown fox jumps over the lazy dog, and then it rests."] * 70)  # ~1,000 tokens
+
+
+def test_a_response_longer_than_the_model_reads_is_scored_in_windows_and_says_so(
+        qtbot, make_window, onnx_models, arbiter_home):
+    model = onnx_models["minilm", "fp32"]  # MiniLM reads 512 tokens; LONG is about twice that
+    w = make_window(model)
+    qtbot.keyClicks(w.compare.conversation.editors[0], "Tell me about the fox.")
+    w.compare.pane_a.edit.setPlainText(LONG)
+    w.compare.pane_b.edit.setPlainText("A fox jumped.")
+    run_job(qtbot, w, lambda: qtbot.mouseClick(w.compare.score_button, Qt.MouseButton.LeftButton))
+    assert "Too long" not in w.banner.label.text()
+
+    with engine.load(onnx_models["qwen3", "fp32"]) as decoder:
+        assert not decoder.windows_long_responses  # its score sits at the end of the turn: no windows
+    with engine.load(model) as rm:
+        assert rm.windows_long_responses
+        c = rm.compare("Tell me about the fox.", LONG, "A fox jumped.", on_too_long="window")
+    assert c.score_a.windows > 1 and c.score_b.windows == 1
+    v = w.compare
+    assert v.pane_a.score.text() == f"{c.score_a.value:+.4f}"
+    assert v.pane_b.score.text() == f"{c.score_b.value:+.4f}"
+    assert f"scored in {c.score_a.windows} windows ({c.score_a.policy})" in v.pane_a.detail.text()
+    assert "windows" not in v.pane_b.detail.text()
+
+    w.close()  # reopened from history, the windows are still said
+    w2 = make_window()
+    w2.show_page("History")
+    w2.history.table.selectRow(0)
+    w2.history.reopen()
+    assert f"scored in {c.score_a.windows} windows" in w2.compare.pane_a.detail.text()
+    assert w2.compare.pane_a.score.text() == f"{c.score_a.value:+.4f}"
+
+
+def test_best_of_n_names_the_candidates_scored_in_windows(qtbot, make_window, onnx_models):
+    model = onnx_models["minilm", "fp32"]
+    cands = ["A fox jumped.", LONG, "Foxes are mammals."]
+    w = make_window(model)
+    w.show_page("Best-of-N")
+    v = w.best_of_n
+    qtbot.keyClicks(v.conversation.editors[0], "Tell me about the fox.")
+    v.state.set_candidates(cands)
+    assert v.list.count() == 3
+    run_job(qtbot, w, lambda: qtbot.mouseClick(v.score_button, Qt.MouseButton.LeftButton))
+    with engine.load(model) as rm:
+        r = rm.rank("Tell me about the fox.", cands, on_too_long="window")
+    assert [float(v.table.item(k, 2).text()) for k in range(3)] == pytest.approx(
+        [c.score.value for c in r.candidates], abs=1e-4)
+    policy = next(c.score.policy for c in r.candidates if c.index == 1)
+    assert f"1 longer than the model reads, scored in windows ({policy}): #1" in v.summary.text()
+
+
 def test_cancel_stops_a_long_best_of_n(qtbot, make_window, onnx_models, arbiter_home):
     w = make_window(onnx_models["minilm", "fp32"])
     v = w.best_of_n

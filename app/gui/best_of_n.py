@@ -218,7 +218,12 @@ class BestOfNView(QWidget):
                     item.setFont(f)
                 self.table.setItem(k, col, item)
         self.chart.set_rows([(f"#{c.index}", c.score.value) for c in r.candidates])
-        self.summary.setText(f"Best: candidate {r.best.index} of {len(r.candidates)}  ({r.best.score.value:+.4f})")
+        summary = f"Best: candidate {r.best.index} of {len(r.candidates)}  ({r.best.score.value:+.4f})"
+        windowed = [c for c in r.candidates if c.score.windows > 1]
+        if windowed:
+            summary += (f"; {len(windowed)} longer than the model reads, scored in windows "
+                        f"({windowed[0].score.policy}): " + ", ".join(f"#{c.index}" for c in windowed))
+        self.summary.setText(summary)
         self.model_line.setText(model_line(info, r.prompt_shared))
 
     def _copy_pick(self) -> None:

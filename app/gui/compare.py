@@ -19,12 +19,14 @@ from PySide6.QtWidgets import (
 import engine
 from app.gui.context import AppContext
 from app.gui.state.compare import CompareResult, CompareState
+from app.gui.state.session import long_response_options
 from app.gui.widgets import (
     WIN,
     ConversationEditor,
     ProbabilityBar,
     model_line,
     muted,
+    score_detail,
     score_font,
     text_edit,
 )
@@ -170,8 +172,7 @@ class CompareView(QWidget):
         c, info = r.comparison, r.model
         for pane, s, won in ((self.pane_a, c.score_a, c.winner == "A"), (self.pane_b, c.score_b, c.winner == "B")):
             pane.score.setText(f"{s.value:+.4f}")
-            detail = f"{s.n_tokens} tokens" if s.n_tokens else ""
-            pane.detail.setText(detail + (f", {s.cut_tokens} cut from the start" if s.cut_tokens else ""))
+            pane.detail.setText(score_detail(s))
             pane.set_winner(won)
         self.verdict.setText(verdict(c.winner, c.p_a_better))
         self.margin.setText(f"{c.margin:+.4f}")
@@ -191,7 +192,7 @@ class CompareView(QWidget):
         messages = self.state.conversation.messages()
 
         def job(progress, cancel):
-            return scorer.compare(conv, a, b)
+            return scorer.compare(conv, a, b, **long_response_options(scorer))
 
         def done(c: engine.Comparison) -> None:
             info = scorer.info

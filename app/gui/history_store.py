@@ -73,14 +73,16 @@ class HistoryStore:
     def add_comparison(self, info: engine.ModelInfo, conv: list[dict[str, str]], a: str, b: str,
                        c: engine.Comparison) -> int:
         return self._add("compare", info, conv, [a, b], [c.score_a.value, c.score_b.value],
-                         c.to_dict())
+                         c.to_dict() | _windows([c.score_a, c.score_b]))
 
     def add_ranking(self, info: engine.ModelInfo, conv: list[dict[str, str]],
                     candidates: list[str], r: engine.Ranking) -> int:
         scores = [0.0] * len(candidates)
         for c in r.candidates:
             scores[c.index] = c.score.value
-        return self._add("best_of_n", info, conv, candidates, scores, r.to_dict())
+        by_input = sorted(r.candidates, key=lambda c: c.index)
+        return self._add("best_of_n", info, conv, candidates, scores,
+                         r.to_dict() | _windows([c.score for c in by_input]))
 
     def add_moderation(self, info: engine.ModelInfo, job: dict[str, Any]) -> int:
         """A moderation job: ``job`` holds what reopens it (input, fields, thresholds, the
@@ -129,3 +131,19 @@ class HistoryStore:
                 w.writerow([r.id, r.kind, r.created, r.model, r.format, r.dtype, conv, pos, resp,
                             f"{score:.6f}"])
         return buf.getvalue()
+
+
+def _windows(scores: list[engine.Score]) -> dict[str, Any]:
+    """Windows per response (input order) and the policy, kept only when windows were allowed,
+    so a reopened result still says which responses were read in windows."""
+    policy = next((s.policy for s in scores if s.policy), None)
+    return {"windows": [s.windows for s in scores], "policy": policy} if policy else {}
+
+
+def restored_scores(values: list[float], result: dict[str, Any]) -> list[engine.Score]:
+    """A history row's scores as the engine's (token counts are not kept), windows included."""
+    windows = result.get("windows") or [1] * len(values)
+    policy = result.get("policy")
+    if len(windows) != len(values):  # a row written by another version: say nothing about windows
+        windows, policy = [1] * len(values), None
+    return [engine.Score(v, 0, windows=int(w), policy=policy) for v, w in zip(values, windows, strict=True)]

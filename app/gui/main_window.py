@@ -24,7 +24,7 @@ from app.gui.best_of_n import BestOfNView
 from app.gui.compare import CompareView
 from app.gui.context import AppContext
 from app.gui.history import HistoryView
-from app.gui.history_store import HistoryStore, Record
+from app.gui.history_store import HistoryStore, Record, restored_scores
 from app.gui.models_view import ModelsView
 from app.gui.moderate_view import ModerateView
 from app.gui.state.best_of_n import RankResult
@@ -232,11 +232,12 @@ class MainWindow(QMainWindow):
                                 chat_template=None, dtype=r.dtype, provider="")
         shared = bool(r.result.get("prompt_shared"))
         if r.kind == "compare":
-            c = engine.Comparison(engine.Score(r.scores[0], 0), engine.Score(r.scores[1], 0), shared)
+            a, b = restored_scores(r.scores, r.result)
+            c = engine.Comparison(a, b, shared)
             self.compare.reopen(r.conversation, r.responses[0], r.responses[1], CompareResult(c, info))
             self.show_page("Compare")
         else:
-            ranking = ranking_from_scores(r.responses, [engine.Score(v, 0) for v in r.scores],
+            ranking = ranking_from_scores(r.responses, restored_scores(r.scores, r.result),
                                           prompt_shared=shared)
             self.best_of_n.reopen(r.conversation, r.responses, RankResult(ranking, info))
             self.show_page("Best-of-N")

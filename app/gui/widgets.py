@@ -59,6 +59,16 @@ def model_line(info, shared: bool) -> str:
     return text + ("  ·  prompt computed once" if shared else "")
 
 
+def score_detail(s) -> str:
+    """What a score rests on, shown under it: tokens read, conversation cut, windows."""
+    parts = [f"{s.n_tokens} tokens"] if s.n_tokens else []
+    if s.cut_tokens:
+        parts.append(f"{s.cut_tokens} cut from the start")
+    if s.windows > 1:
+        parts.append(f"longer than the model reads: scored in {s.windows} windows ({s.policy})")
+    return ", ".join(parts)
+
+
 def muted(label: QLabel) -> QLabel:
     pal = label.palette()
     pal.setColor(QPalette.ColorRole.WindowText, pal.color(QPalette.ColorRole.PlaceholderText))

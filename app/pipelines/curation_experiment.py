@@ -483,7 +483,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a tiny budget and a tiny random base (the test's)")
     ap.add_argument("--pairs", type=int, default=None, help="training pairs per arm")
     ap.add_argument("--max-length", type=int, default=None)
-    ap.add_argument("--stage2-pool", type=int, default=None, help="pool pairs stage 2 curates (default: all)")
+    ap.add_argument("--stage2-pool", type=int, default=None, help="pool pairs stage 2 curates (0: all the silver that fits)")
+    ap.add_argument("--stage1-pool", type=int, default=None, help="pool pairs stage 1 may retrieve from")
+    ap.add_argument("--epochs", type=float, default=None, help="passes over each arm's pairs")
+    ap.add_argument("--gold-epochs", type=float, default=None, help="the gold RM's passes over gold_train")
+    ap.add_argument("--batch", type=int, default=None, help="pairs per optimizer step")
+    ap.add_argument("--eval-every", type=int, default=None, help="steps between gold_select evaluations")
+    ap.add_argument("--bench-limit", type=int, default=None,
+                    help="records per benchmark, RMB's pairwise set included (0: all, RMB's first 600)")
     ap.add_argument("--base", type=Path, default=None, help="default: all-MiniLM-L6-v2 (--quick: a tiny BERT)")
     ap.add_argument("--embedder", type=Path, default=None,
                     help="sentence embedder folder for retrieval (default: exports.embedder.default_embedder())")
@@ -496,8 +503,15 @@ def parser() -> argparse.ArgumentParser:
 
 def budget_of(args: argparse.Namespace) -> Budget:
     b = QUICK if args.quick else FULL
-    over = {k: v for k, v in (("pairs", args.pairs), ("max_length", args.max_length),
-                              ("stage2_pool", args.stage2_pool)) if v is not None}
+    given = {"pairs": args.pairs, "max_length": args.max_length, "stage2_pool": args.stage2_pool,
+             "stage1_pool": args.stage1_pool, "epochs": args.epochs, "gold_epochs": args.gold_epochs,
+             "batch": args.batch, "eval_every": args.eval_every, "bench_limit": args.bench_limit}
+    over = {k: v for k, v in given.items() if v is not None}
+    if over.get("stage2_pool") == 0:
+        over["stage2_pool"] = None
+    if "bench_limit" in over:  # RMB is large: 0 reads its first 600 records, as the model card does
+        over["rmb_limit"] = over["bench_limit"] or 600
+        over["bench_limit"] = over["bench_limit"] or None
     return replace(b, **over)
 
 
@@ -523,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = train_config(budget, args.seed)
     judge = recorded_judge(work, args.judge_threshold)
     select = _read(work, "gold_select")
-    facts: dict[str, Any] = {"data": report, "judge": {"threshold": args.judge_threshold, "records": len(judge)}}
+    facts: dict[str, Any] = {"data": report, "judge": {"threshold": args.judge_threshold, "records": len(judge)},
+                             "command": command_line(argv)}
 
     gold_best = train_arm(base, _read(work, "gold_train"), select, work / "gold-rm",
                           train_config(budget, args.seed, epochs=budget.gold_epochs), log)
@@ -550,6 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def command_line(argv: list[str] | None) -> str:
+    """The command as run, for the results file (paths inside the repository made relative)."""
+    import shlex
+
+    words = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", "app.pipelines.curation_experiment",
+                       *(w.replace(str(ROOT) + "/", "") for w in words)])
+
+
 def arm_sets(work: Path, n: int, seed: int, facts: dict[str, Any]) -> dict[str, list[Any]]:
     """Each arm's n training pairs (deterministic: a rerun rebuilds the same sets); facts noted."""
     b_pairs, facts["arm_b"] = arm_b_pairs(work, n)
@@ -567,6 +591,27 @@ def profile(work: Path, facts: dict[str, Any], sets: dict[str, Sequence[Any]], t
     facts["arm_profiles"] = arm_profiles(sets, threshold)
     facts["judge"]["pool_ties"] = _ties(_read(work, "pool"), threshold)
     facts["band"] = stage2_band(work)
+    facts["learning"] = learning(work)
+
+
+#: each model's training run, by the table's name
+RUNS = {"gold": "gold-rm", "a": "stage1/round-1/rm", "b": "arm-b", "c": "arm-c", "d": "arm-d"}
+
+
+def learning(work: Path) -> dict[str, dict[str, Any]]:
+    """Whether each model learnt anything: its steps, best step and gold_select accuracy there,
+    and the spread of its rewards (a model that learnt nothing scores every response alike)."""
+    out = {}
+    for name, run in RUNS.items():
+        state = work / run / "last" / "state" / "trainer.json"
+        if not state.is_file():
+            continue
+        t = json.loads(state.read_text())
+        g = t.get("best_gold") or {}
+        out[name] = {"steps": t.get("step"), "best_step": t.get("best_step"), "gold_select": g.get("accuracy"),
+                     "gold_select_length_balanced": g.get("accuracy_length_balanced"),
+                     "gold_select_loss": g.get("loss"), "reward_std": g.get("reward_std")}
+    return out
 
 
 def arm_profiles(sets: dict[str, Sequence[Any]], threshold: float) -> dict[str, dict[str, Any]]:
@@ -609,7 +654,7 @@ def render_only(work: Path, results_md: Path, quick: bool) -> int:
     """Rewrite the markdown from WORK/results.json (no model is loaded)."""
     out = json.loads((work / "results.json").read_text())
     facts = out["facts"]
-    if "arm_profiles" not in facts:  # a results.json from before these facts were recorded
+    if "arm_profiles" not in facts or "learning" not in facts:  # from before these facts were recorded
         budget = facts["data"]["budget"]
         profile(work, facts, arm_sets(work, budget["pairs"], facts["data"]["seed"], facts),
                 facts["judge"]["threshold"])
@@ -624,11 +669,11 @@ def render_only(work: Path, results_md: Path, quick: bool) -> int:
 def render(evals: dict[str, dict[str, Any]], facts: dict[str, Any], *, quick: bool) -> str:
     """The results file: the table, what produced it, and the facts needed to read it."""
     budget = facts["data"]["budget"]
-    cmd = "make curation-experiment" + (" (--quick)" if quick else "")
+    cmd = facts.get("command") or ("python -m app.pipelines.curation_experiment" + (" --quick" if quick else ""))
     s2 = facts.get("stage2", {})
     lines = [
         "# The curation experiment (issue 15)", "",
-        f"`{cmd}` (`python -m app.pipelines.curation_experiment`), {time.strftime('%Y-%m-%d')}, "
+        f"`{cmd}`, {time.strftime('%Y-%m-%d')}, "
         f"{facts['minutes']} min on this machine. Accuracy in %, each model exported to ONNX fp32 and "
         "scored through the engine (`trainer.eval`, as `arbiter eval` runs it).", "",
         table(evals), "",
@@ -636,7 +681,9 @@ def render(evals: dict[str, dict[str, Any]], facts: dict[str, Any], *, quick: bo
         "human pairs (PandaLM + OASST), length-balanced = mean of chosen-longer and chosen-shorter accuracy.",
         "",
         f"Budget: {budget['pairs']} training pairs per arm, {budget['max_length']} tokens, "
-        f"{budget['epochs']} epoch(s) (max steps {budget['max_steps']}), batch {budget['batch']}; "
+        f"{budget['epochs']} epoch(s) (max steps {budget['max_steps']}; the gold RM "
+        f"{budget.get('gold_epochs')} over gold_train), batch {budget['batch']}, gold_select every "
+        f"{budget.get('eval_every')} steps; "
         f"the same base, settings and checkpoint selection (gold_select) for every arm.", "",
         "Roles: silver = AlpacaEval GPT-4-family annotations (one annotator per pair); gold = human "
         "PandaLM + OASST pairs; judge = the pool's recorded annotator vote (`trainer/curate/recorded.py`): "
@@ -667,6 +714,16 @@ def reading(evals: dict[str, dict[str, Any]], facts: dict[str, Any]) -> list[str
                 "|---|---|---|---|---|---|"]
         out += [f"| {ARM_NAMES[a]} | {v['pairs']} | {v['chosen_longer']} | {v['flipped']} | {v['shared_with_a']} "
                 f"| {v['judge_would_tie']} |" for a, v in prof.items()]
+        out.append("")
+    learnt = facts.get("learning")
+    if learnt:
+        out += ["Did each model learn? Its run's best checkpoint on gold_select (which picks it; "
+                "P(chosen better) 0.5 everywhere gives loss 0.693):", "",
+                "| model | steps | best step | gold_select accuracy | length-balanced | loss | reward std |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {ARM_NAMES[k]} | {v['steps']} | {v['best_step']} | {_fmt(v['gold_select'])} "
+                f"| {_fmt(v['gold_select_length_balanced'])} | {_fmt(v['gold_select_loss'])} "
+                f"| {_fmt(v['reward_std'])} |" for k, v in learnt.items()]
         out.append("")
     band = facts.get("band")
     if isinstance(band, dict) and band.get("table"):

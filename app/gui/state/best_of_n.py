@@ -9,6 +9,7 @@ from pathlib import Path
 import engine
 from app.gui.state.conversation import ConversationState
 from app.gui.state.events import Event
+from app.gui.state.session import long_response_options
 from engine.types import ranking_from_scores
 
 
@@ -81,14 +82,15 @@ def rank_in_chunks(scorer: engine.Scorer, conv: engine.Conversation, candidates:
     Each chunk still shares the prompt where the model can (the prompt is computed
     once per chunk rather than once overall: a small price for a Cancel that works).
     Scores are the same as one ``rank`` call; the order is rebuilt with the engine's
-    own tie rule (``ranking_from_scores``).
+    own tie rule (``ranking_from_scores``). A candidate longer than a cross-encoder reads is
+    scored in windows (:func:`long_response_options`), its score naming the policy.
     """
     scores: list[engine.Score] = [None] * len(candidates)  # type: ignore[list-item]
     shared = True
     for start in range(0, len(candidates), chunk):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        part = scorer.rank(conv, candidates[start:start + chunk])
+        part = scorer.rank(conv, candidates[start:start + chunk], **long_response_options(scorer))
         shared = shared and part.prompt_shared
         for c in part.candidates:
             scores[start + c.index] = c.score

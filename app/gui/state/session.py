@@ -60,3 +60,11 @@ class ModelSession:
         if self.scorer is None:
             raise engine.ModelError("no model is open: choose one in Models (or add one there)")
         return self.scorer
+
+
+def long_response_options(scorer: engine.Scorer) -> dict[str, str]:
+    """How the app scores a response longer than the model's context: in windows where the model
+    allows them (a cross-encoder; the engine's default policy, named on every score), so the
+    first model a user meets scores long answers instead of refusing them; a decoder, whose
+    context is long, still says "too long"."""
+    return {"on_too_long": "window"} if scorer.windows_long_responses else {}
