@@ -193,7 +193,7 @@ def test_bad_policy_options_are_clear_errors(default):
 
 def test_a_decoder_refuses_windows_with_a_clear_error(hf_models):
     with engine.load(hf_models["qwen3"]) as rm:
-        assert rm.encoder.kind == "chat"
+        assert rm.encoder.kind == "chat" and not rm.windows_long_responses
         with pytest.raises(InputError, match="only for cross-encoders") as e:
             rm.score([Item(conversation("Hi"), "Hello")], on_too_long="window")
         assert e.value.field == "on_too_long"
@@ -234,6 +234,14 @@ def test_the_cli_scores_long_rows_in_windows(default, tmp_path):
     b = default.score([Item(conversation(PROMPT), long)], on_too_long="window")[0]
     assert c["windows"] == [1, b.windows] and c["policy"] == f"window-{WINDOW_AGG}/384/stride-288"
     assert c["score_b"] == b.value
+
+    # without the flag a long response is refused, and the error says how to score it; the line is named
+    refused = _cli("score", "--model", "default", str(src), "-o", str(tmp_path / "refused.jsonl"))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"{src.name}:2: field 'response'" in refused.stderr
+    assert "--on-too-long window scores it in overlapping windows." in refused.stderr
+    refused = _cli("compare", "--model", "default", "-p", PROMPT, "A short answer.", long)
+    assert refused.returncode != 0 and "--on-too-long window scores it" in refused.stderr
 
 
 def test_eval_records_the_policy_and_the_windowed_records(default, tmp_path):

@@ -7,6 +7,8 @@ import json
 import math
 import sys
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.cli.common import (
@@ -225,8 +227,25 @@ def _score_rows(args: argparse.Namespace, rm, f, bar: ProgressBar | None = None
             policy = policy or s.policy
     except InputTooLongError as e:
         line = rows[e.item_index - n][0] if e.item_index is not None else None
-        raise InputTooLongError(f"{source}:{line}: field 'response': {e}") from None
+        raise InputTooLongError(f"{source}:{line}: field 'response': {e}{_window_hint(rm, args)}") from None
     return n, cut, skipped, windowed, policy
+
+
+def _window_hint(rm, args: argparse.Namespace) -> str:
+    """What to add to a "too long" error where windows would have scored the response."""
+    if getattr(args, "on_too_long", "error") == "error" and rm.windows_long_responses:
+        return " --on-too-long window scores it in overlapping windows."
+    return ""
+
+
+@contextmanager
+def _too_long_hint(rm, args: argparse.Namespace) -> Iterator[None]:
+    from engine.errors import InputTooLongError
+
+    try:
+        yield
+    except InputTooLongError as e:
+        raise InputTooLongError(f"{e}{_window_hint(rm, args)}") from None
 
 
 def _sharing(args: argparse.Namespace) -> bool | None:
@@ -251,7 +270,8 @@ def _require_finite(scores: dict[str, float]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     conv = _conversation(args)
     with load_model(args) as rm:
-        c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args), **_too_long(args))
+        with _too_long_hint(rm, args):
+            c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args), **_too_long(args))
         info = rm.info
     _require_finite({"A": c.score_a.value, "B": c.score_b.value})
     data = {**c.to_dict(), **_window_fields([c.score_a, c.score_b]), "model": info.name,
@@ -273,7 +293,8 @@ def cmd_bon(args: argparse.Namespace) -> int:
     conv = _conversation(args)
     candidates = read_candidates(args.candidates)
     with load_model(args) as rm:
-        r = rm.rank(conv, candidates, shared_prompt=_sharing(args), **_too_long(args))
+        with _too_long_hint(rm, args):
+            r = rm.rank(conv, candidates, shared_prompt=_sharing(args), **_too_long(args))
         info = rm.info
     _require_finite({f"candidate {c.index}": c.score.value for c in r.candidates})
     data = {**r.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
