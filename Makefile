@@ -68,8 +68,8 @@ moderation-eval: install
 	$(PY) -m app.pipelines.moderation_model --card-only
 
 # The curation experiment (issue 15): arms (a)-(d) trained on equal pair counts, exported, evaluated;
-# writes bench/results/curation_experiment.md (needs ../shared/data; 34 min on the 2 shared cores
-# at its default, small budget; resumes finished steps from build/curation-experiment)
+# writes bench/results/curation_experiment.md (needs ../shared/data; about 40 min on 2 cores at its
+# default budget, 100 steps of 16 pairs per arm; resumes finished steps from build/curation-experiment)
 curation-experiment: install
 	$(PY) -m app.pipelines.curation_experiment
 

@@ -85,6 +85,8 @@ def test_quick_run_trains_every_arm_on_the_same_pairs_and_reuses_finished_steps(
     # every model's run says how far it got, so a table of models that learnt nothing says so
     assert set(facts["learning"]) == {"a", "b", "c", "d", "gold"}
     assert all(v["steps"] >= v["best_step"] >= 1 and 0 <= v["gold_select"] <= 1 for v in facts["learning"].values())
+    by_len = facts["stage2_by_length"]  # every pool pair stage 2 decided, counted once by length
+    assert by_len["chosen_longer"] + by_len["chosen_shorter"] == s2["kept"] + s2["discarded"]
     assert facts["command"].startswith("python -m app.pipelines.curation_experiment --quick")
     table = (work / "results.md").read_text()
     assert "Did each model learn?" in table and facts["command"] in table

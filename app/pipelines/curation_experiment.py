@@ -87,10 +87,11 @@ class Budget:
     eval_length: int = 512
 
 
-#: what ran in 34 minutes on the 2 shared cores here (2026-12-01, niced, load average 4-16; at
-#: the worst 45 s per optimizer step of 32 pairs at 128 tokens): small on purpose, see the results
-FULL = Budget(pairs=200, max_length=128, epochs=1.0, max_steps=None, gold_epochs=1.0, batch=16,
-              stage1_pool=300, stage2_pool=700, gold_cap=None, bench_limit=60, rmb_limit=60, eval_every=4,
+#: the smallest budget at which every model learns something here (2026-12-03: 100 optimizer steps of
+#: 16 pairs per arm, about 3 s each at 128 tokens on the 2 cores); the 2026-12-01 budget (200 pairs,
+#: one epoch: 12 steps) left every model at chance. Stage 2 curates all the silver that fits
+FULL = Budget(pairs=800, max_length=128, epochs=2.0, max_steps=None, gold_epochs=4.0, batch=16,
+              stage1_pool=300, stage2_pool=None, gold_cap=None, bench_limit=300, rmb_limit=300, eval_every=10,
               gold_eval_limit=250)
 QUICK = Budget(pairs=16, max_length=128, epochs=1.0, max_steps=2, gold_epochs=1.0, batch=4,
                stage1_pool=24, stage2_pool=80, gold_cap=24, bench_limit=4, rmb_limit=4, eval_every=2,
@@ -592,6 +593,22 @@ def profile(work: Path, facts: dict[str, Any], sets: dict[str, Sequence[Any]], t
     facts["judge"]["pool_ties"] = _ties(_read(work, "pool"), threshold)
     facts["band"] = stage2_band(work)
     facts["learning"] = learning(work)
+    facts["stage2_by_length"] = kept_by_length(*stage2_outputs(work))
+
+
+def kept_by_length(kept: Sequence[Any], flipped: Sequence[Any]) -> dict[str, Any]:
+    """Stage 2's keep rate by whether the original label chose the longer response: a filter that
+    keeps one side far more often filters by length (a flipped pair's rejected is its original chosen)."""
+    def longer(chosen: str, rejected: str) -> bool:
+        return len(chosen) > len(rejected)
+
+    kept_longer = sum(longer(p.chosen, p.rejected) for p in kept)
+    gone_longer = sum(longer(p.rejected, p.chosen) for p in flipped)
+    n_longer = kept_longer + gone_longer
+    n_shorter = len(kept) + len(flipped) - n_longer
+    return {"chosen_longer": n_longer, "chosen_shorter": n_shorter,
+            "kept_if_chosen_longer": round(kept_longer / n_longer, 3) if n_longer else None,
+            "kept_if_chosen_shorter": round((len(kept) - kept_longer) / n_shorter, 3) if n_shorter else None}
 
 
 #: each model's training run, by the table's name
@@ -654,7 +671,7 @@ def render_only(work: Path, results_md: Path, quick: bool) -> int:
     """Rewrite the markdown from WORK/results.json (no model is loaded)."""
     out = json.loads((work / "results.json").read_text())
     facts = out["facts"]
-    if "arm_profiles" not in facts or "learning" not in facts:  # from before these facts were recorded
+    if not {"arm_profiles", "learning", "stage2_by_length"} <= set(facts):  # from before they were recorded
         budget = facts["data"]["budget"]
         profile(work, facts, arm_sets(work, budget["pairs"], facts["data"]["seed"], facts),
                 facts["judge"]["threshold"])
@@ -725,6 +742,11 @@ def reading(evals: dict[str, dict[str, Any]], facts: dict[str, Any]) -> list[str
                 f"| {_fmt(v['gold_select_length_balanced'])} | {_fmt(v['gold_select_loss'])} "
                 f"| {_fmt(v['reward_std'])} |" for k, v in learnt.items()]
         out.append("")
+    by_len = facts.get("stage2_by_length")
+    if by_len and by_len.get("kept_if_chosen_longer") is not None:
+        out += [f"Stage 2 kept {_pct(by_len['kept_if_chosen_longer'])} of the pool pairs whose label chose the "
+                f"longer response (n={by_len['chosen_longer']}) and {_pct(by_len['kept_if_chosen_shorter'])} of "
+                f"those whose label chose the shorter one (n={by_len['chosen_shorter']}).", ""]
     band = facts.get("band")
     if isinstance(band, dict) and band.get("table"):
         on = band.get("measured_on")
@@ -742,6 +764,10 @@ def _n(result: dict[str, Any]) -> int:
     m = result.get("model", {})
     m = m.get("pairwise", m) if isinstance(m.get("pairwise"), dict) else m
     return int(m.get("n", result.get("records", 0)) or 0)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _fmt(x: Any) -> str:
