@@ -195,6 +195,13 @@ class Ranking:
         }
 
 
+def window_fields(scores: Sequence[Score]) -> dict[str, Any]:
+    """``windows`` per score (in the order given) and the ``policy``, for a JSON record; empty
+    when no window policy was in force, so records made without one are as before."""
+    policy = next((s.policy for s in scores if s.policy), None)
+    return {"windows": [s.windows for s in scores], "policy": policy} if policy else {}
+
+
 def ranking_from_scores(responses: Sequence[str], scores: Sequence[Score], *, prompt_shared: bool = False) -> Ranking:
     order = sorted(range(len(scores)), key=lambda i: (-scores[i].value, i))
     top = scores[order[0]].value

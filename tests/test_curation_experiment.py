@@ -85,8 +85,11 @@ def test_quick_run_trains_every_arm_on_the_same_pairs_and_reuses_finished_steps(
     # every model's run says how far it got, so a table of models that learnt nothing says so
     assert set(facts["learning"]) == {"a", "b", "c", "d", "gold"}
     assert all(v["steps"] >= v["best_step"] >= 1 and 0 <= v["gold_select"] <= 1 for v in facts["learning"].values())
-    by_len = facts["stage2_by_length"]  # every pool pair stage 2 decided, counted once by length
-    assert by_len["chosen_longer"] + by_len["chosen_shorter"] == s2["kept"] + s2["discarded"]
+    by_len = facts["stage2_by_length"]  # every decided pool pair of unequal lengths, counted once
+    assert s2["unscored"] == 0  # the pool holds only pairs that fit, so stage 2 decided every one
+    pool = _pool_pairs(work)
+    assert by_len["chosen_longer"] == sum(p.chosen_longer is True for p in pool)
+    assert by_len["chosen_shorter"] == sum(p.chosen_longer is False for p in pool)
     assert facts["command"].startswith("python -m app.pipelines.curation_experiment --quick")
     table = (work / "results.md").read_text()
     assert "Did each model learn?" in table and facts["command"] in table
@@ -127,3 +130,9 @@ def test_budget_flags_override_the_full_budget_and_zero_reads_every_benchmark_re
     every = budget_of(parser().parse_args(["--bench-limit", "0", "--stage2-pool", "0"]))
     assert (every.bench_limit, every.rmb_limit, every.stage2_pool) == (None, 600, None)
     assert budget_of(parser().parse_args([])) == FULL
+
+
+def _pool_pairs(work):
+    from trainer.data.record import read_pairs
+
+    return list(read_pairs(work / "data" / "pool.jsonl"))

@@ -85,12 +85,6 @@ def _too_long(args: argparse.Namespace) -> dict[str, str]:
     return {"on_too_long": args.on_too_long, "window_agg": args.window_agg}
 
 
-def _window_fields(scores) -> dict:
-    """``windows`` and ``policy`` for JSON output, only when a window policy was asked for."""
-    policy = next((s.policy for s in scores if s.policy), None)
-    return {"windows": [s.windows for s in scores], "policy": policy} if policy else {}
-
-
 def _conversation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", "-p", help="a single user turn")
@@ -268,13 +262,15 @@ def _require_finite(scores: dict[str, float]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.types import window_fields
+
     conv = _conversation(args)
     with load_model(args) as rm:
         with _too_long_hint(rm, args):
             c = rm.compare(conv, args.a, args.b, shared_prompt=_sharing(args), **_too_long(args))
         info = rm.info
     _require_finite({"A": c.score_a.value, "B": c.score_b.value})
-    data = {**c.to_dict(), **_window_fields([c.score_a, c.score_b]), "model": info.name,
+    data = {**c.to_dict(), **window_fields([c.score_a, c.score_b]), "model": info.name,
             "format": info.format, "dtype": info.dtype}
     star = {"A": ("*", " "), "B": (" ", "*"), "tie": (" ", " ")}[c.winner]
     human = (f"{star[0]} A  {c.score_a.value:+.4f}\n{star[1]} B  {c.score_b.value:+.4f}\n"
@@ -290,6 +286,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bon(args: argparse.Namespace) -> int:
+    from engine.types import window_fields
+
     conv = _conversation(args)
     candidates = read_candidates(args.candidates)
     with load_model(args) as rm:
@@ -299,7 +297,7 @@ def cmd_bon(args: argparse.Namespace) -> int:
     _require_finite({f"candidate {c.index}": c.score.value for c in r.candidates})
     data = {**r.to_dict(), "model": info.name, "format": info.format, "dtype": info.dtype}
     by_index = sorted(r.candidates, key=lambda c: c.index)
-    if fields := _window_fields([c.score for c in by_index]):  # in input order, like "index"
+    if fields := window_fields([c.score for c in by_index]):  # in input order, like "index"
         data |= fields
     lines = [f"{'rank':>4}  {'score':>9}  {'P(best>this)':>12}  response"]
     for k, c in enumerate(r.candidates, start=1):

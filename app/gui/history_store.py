@@ -21,6 +21,7 @@ import sqlite_utils
 import engine
 from engine.paths import data_dir
 from engine.store import connect, write_transaction
+from engine.types import window_fields
 
 COLUMNS = {"id": int, "kind": str, "created": str, "model": str, "format": str, "dtype": str,
            "conversation": str, "responses": str, "scores": str, "result": str, "search": str}
@@ -73,7 +74,7 @@ class HistoryStore:
     def add_comparison(self, info: engine.ModelInfo, conv: list[dict[str, str]], a: str, b: str,
                        c: engine.Comparison) -> int:
         return self._add("compare", info, conv, [a, b], [c.score_a.value, c.score_b.value],
-                         c.to_dict() | _windows([c.score_a, c.score_b]))
+                         c.to_dict() | window_fields([c.score_a, c.score_b]))
 
     def add_ranking(self, info: engine.ModelInfo, conv: list[dict[str, str]],
                     candidates: list[str], r: engine.Ranking) -> int:
@@ -82,7 +83,7 @@ class HistoryStore:
             scores[c.index] = c.score.value
         by_input = sorted(r.candidates, key=lambda c: c.index)
         return self._add("best_of_n", info, conv, candidates, scores,
-                         r.to_dict() | _windows([c.score for c in by_input]))
+                         r.to_dict() | window_fields([c.score for c in by_input]))
 
     def add_moderation(self, info: engine.ModelInfo, job: dict[str, Any]) -> int:
         """A moderation job: ``job`` holds what reopens it (input, fields, thresholds, the
@@ -131,13 +132,6 @@ class HistoryStore:
                 w.writerow([r.id, r.kind, r.created, r.model, r.format, r.dtype, conv, pos, resp,
                             f"{score:.6f}"])
         return buf.getvalue()
-
-
-def _windows(scores: list[engine.Score]) -> dict[str, Any]:
-    """Windows per response (input order) and the policy, kept only when windows were allowed,
-    so a reopened result still says which responses were read in windows."""
-    policy = next((s.policy for s in scores if s.policy), None)
-    return {"windows": [s.windows for s in scores], "policy": policy} if policy else {}
 
 
 def restored_scores(values: list[float], result: dict[str, Any]) -> list[engine.Score]:

@@ -580,6 +580,7 @@ def arm_sets(work: Path, n: int, seed: int, facts: dict[str, Any]) -> dict[str, 
     b_pairs, facts["arm_b"] = arm_b_pairs(work, n)
     kept, flipped = stage2_outputs(work)
     facts["stage2_outputs"] = {"kept": len(kept), "flipped": len(flipped)}
+    facts["stage2_by_length"] = kept_by_length(kept, flipped)
     sets = {"a": _read(work, "arm_a"), "b": b_pairs, "c": sample(kept, n, seed, "kept"),
             "d": sample(kept + flipped, n, seed, "kept + flipped")}
     facts["arm_d"] = {"flipped": sum(p.label_origin == "flipped" for p in sets["d"])}
@@ -593,22 +594,20 @@ def profile(work: Path, facts: dict[str, Any], sets: dict[str, Sequence[Any]], t
     facts["judge"]["pool_ties"] = _ties(_read(work, "pool"), threshold)
     facts["band"] = stage2_band(work)
     facts["learning"] = learning(work)
-    facts["stage2_by_length"] = kept_by_length(*stage2_outputs(work))
 
 
 def kept_by_length(kept: Sequence[Any], flipped: Sequence[Any]) -> dict[str, Any]:
     """Stage 2's keep rate by whether the original label chose the longer response: a filter that
-    keeps one side far more often filters by length (a flipped pair's rejected is its original chosen)."""
-    def longer(chosen: str, rejected: str) -> bool:
-        return len(chosen) > len(rejected)
-
-    kept_longer = sum(longer(p.chosen, p.rejected) for p in kept)
-    gone_longer = sum(longer(p.rejected, p.chosen) for p in flipped)
-    n_longer = kept_longer + gone_longer
-    n_shorter = len(kept) + len(flipped) - n_longer
-    return {"chosen_longer": n_longer, "chosen_shorter": n_shorter,
-            "kept_if_chosen_longer": round(kept_longer / n_longer, 3) if n_longer else None,
-            "kept_if_chosen_shorter": round((len(kept) - kept_longer) / n_shorter, 3) if n_shorter else None}
+    keeps one side far more often filters by length. A flipped pair's original label is its
+    reverse; pairs of equal length (``chosen_longer`` None) are left out."""
+    decided = [(p.chosen_longer, True) for p in kept] + [
+        (None if p.chosen_longer is None else not p.chosen_longer, False) for p in flipped]
+    out: dict[str, Any] = {}
+    for side, longer in (("longer", True), ("shorter", False)):
+        was_kept = [k for lo, k in decided if lo is longer]
+        out[f"chosen_{side}"] = len(was_kept)
+        out[f"kept_if_chosen_{side}"] = round(sum(was_kept) / len(was_kept), 3) if was_kept else None
+    return out
 
 
 #: each model's training run, by the table's name
