@@ -179,15 +179,16 @@ def test_a_response_longer_than_the_model_reads_is_scored_in_windows_and_says_so
     v = w.compare
     assert v.pane_a.score.text() == f"{c.score_a.value:+.4f}"
     assert v.pane_b.score.text() == f"{c.score_b.value:+.4f}"
-    assert f"scored in {c.score_a.windows} windows ({c.score_a.policy})" in v.pane_a.detail.text()
-    assert "windows" not in v.pane_b.detail.text()
+    assert v.pane_a.note.text() == f"Longer than the model reads: scored in {c.score_a.windows} windows " \
+        f"({c.score_a.policy})."
+    assert not v.pane_a.note.isHidden() and v.pane_b.note.isHidden() and v.pane_b.note.text() == ""
 
     w.close()  # reopened from history, the windows are still said
     w2 = make_window()
     w2.show_page("History")
     w2.history.table.selectRow(0)
     w2.history.reopen()
-    assert f"scored in {c.score_a.windows} windows" in w2.compare.pane_a.detail.text()
+    assert f"scored in {c.score_a.windows} windows" in w2.compare.pane_a.note.text()
     assert w2.compare.pane_a.score.text() == f"{c.score_a.value:+.4f}"
 
 

@@ -78,6 +78,7 @@ class BestOfNView(QWidget):
         chart_scroll.setWidget(self.chart)
         self.summary = QLabel("Add candidates, then Score to rank them.")
         self.summary.setStyleSheet("font-weight: 600")
+        self.summary.setWordWrap(True)  # a long list of windowed candidates wraps, never widens the view
         self.model_line = muted(QLabel(""))
         self.score_button = QPushButton("Score")
         self.score_button.setDefault(True)

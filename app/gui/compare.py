@@ -29,6 +29,7 @@ from app.gui.widgets import (
     score_detail,
     score_font,
     text_edit,
+    window_note,
 )
 
 
@@ -64,6 +65,10 @@ class ResponsePane(QFrame):
         self.score.setFont(score_font(4))
         self.score.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.detail = muted(QLabel(""))
+        # how a long response was read: its own line, wrapped, so it never widens the pane
+        self.note = muted(QLabel(""))
+        self.note.setWordWrap(True)
+        self.note.hide()
         foot = QHBoxLayout()
         foot.addWidget(self.score)
         foot.addStretch()
@@ -73,7 +78,12 @@ class ResponsePane(QFrame):
         lay.addLayout(head)
         lay.addWidget(self.edit, 1)
         lay.addLayout(foot)
+        lay.addWidget(self.note)
         self.set_winner(False)
+
+    def show_note(self, text: str) -> None:
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
 
     def set_winner(self, winner: bool) -> None:
         if winner:
@@ -164,6 +174,7 @@ class CompareView(QWidget):
             for pane in (self.pane_a, self.pane_b):
                 pane.score.setText("–")
                 pane.detail.setText("")
+                pane.show_note("")
                 pane.set_winner(False)
             self.bar.set_probability(None)
             self.margin.setText("")
@@ -173,6 +184,7 @@ class CompareView(QWidget):
         for pane, s, won in ((self.pane_a, c.score_a, c.winner == "A"), (self.pane_b, c.score_b, c.winner == "B")):
             pane.score.setText(f"{s.value:+.4f}")
             pane.detail.setText(score_detail(s))
+            pane.show_note(window_note(s))
             pane.set_winner(won)
         self.verdict.setText(verdict(c.winner, c.p_a_better))
         self.margin.setText(f"{c.margin:+.4f}")

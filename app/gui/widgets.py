@@ -60,13 +60,16 @@ def model_line(info, shared: bool) -> str:
 
 
 def score_detail(s) -> str:
-    """What a score rests on, shown under it: tokens read, conversation cut, windows."""
+    """What a score rests on, shown beside it: tokens read and conversation cut."""
     parts = [f"{s.n_tokens} tokens"] if s.n_tokens else []
     if s.cut_tokens:
         parts.append(f"{s.cut_tokens} cut from the start")
-    if s.windows > 1:
-        parts.append(f"longer than the model reads: scored in {s.windows} windows ({s.policy})")
     return ", ".join(parts)
+
+
+def window_note(s) -> str:
+    """How a response longer than the model reads was scored; empty when it fit."""
+    return f"Longer than the model reads: scored in {s.windows} windows ({s.policy})." if s.windows > 1 else ""
 
 
 def muted(label: QLabel) -> QLabel:
