@@ -8,6 +8,7 @@ code; the pipeline runs its ``--quick`` budget (a tiny random BERT, a few pairs 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -136,3 +137,22 @@ def _pool_pairs(work):
     from trainer.data.record import read_pairs
 
     return list(read_pairs(work / "data" / "pool.jsonl"))
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--batch", "0"], "--batch 0: expected a positive number"),
+    (["--epochs", "-1"], "--epochs -1.0: expected a positive number"),
+    (["--bench-limit", "-3"], "--bench-limit -3: expected a positive number (or 0: all)"),
+])
+def test_a_bad_budget_is_refused_before_any_work(argv, says):
+    from app.pipelines.curation_experiment import budget_of, parser
+
+    with pytest.raises(SystemExit, match=re.escape(says)):
+        budget_of(parser().parse_args(argv))
+
+
+def test_render_only_without_a_finished_run_says_so(tmp_path):
+    from app.pipelines.curation_experiment import main
+
+    with pytest.raises(SystemExit, match="no finished run to render"):
+        main(["--work", str(tmp_path), "--render-only", "--data", str(tmp_path)])

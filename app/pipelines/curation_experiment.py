@@ -508,6 +508,11 @@ def budget_of(args: argparse.Namespace) -> Budget:
              "stage1_pool": args.stage1_pool, "epochs": args.epochs, "gold_epochs": args.gold_epochs,
              "batch": args.batch, "eval_every": args.eval_every, "bench_limit": args.bench_limit}
     over = {k: v for k, v in given.items() if v is not None}
+    for k, v in over.items():  # before any data is read: a bad budget is refused at once
+        if v < 0 or (v == 0 and k not in ("stage2_pool", "bench_limit")):
+            flag = "--" + k.replace("_", "-")
+            raise SystemExit(f"curation-experiment: {flag} {v}: expected a positive number"
+                             + (" (or 0: all)" if k in ("stage2_pool", "bench_limit") else ""))
     if over.get("stage2_pool") == 0:
         over["stage2_pool"] = None
     if "bench_limit" in over:  # RMB is large: 0 reads its first 600 records, as the model card does
@@ -668,6 +673,8 @@ def half_width(n: int, p: float = 0.65) -> float:
 
 def render_only(work: Path, results_md: Path, quick: bool) -> int:
     """Rewrite the markdown from WORK/results.json (no model is loaded)."""
+    if not (work / "results.json").is_file():
+        sys.exit(f"{work / 'results.json'}: no finished run to render in this work folder")
     out = json.loads((work / "results.json").read_text())
     facts = out["facts"]
     if not {"arm_profiles", "learning", "stage2_by_length"} <= set(facts):  # from before they were recorded
