@@ -1,11 +1,11 @@
 """Default-model candidates side by side, on the card's summary rows (app/pipelines/card_summary.py).
 
     .venv/bin/python bench/default_candidates.py NAME=MODEL [NAME=MODEL ...] [--gold build/default-model/gold.jsonl]
-        [--out bench/results/default_candidates.md] [--rmb-limit 600]
+        [--out bench/results/default_candidates.md]
 
 Each MODEL is anything ``engine.load`` opens (a shipped ONNX folder, a GGUF file, ``default``). Every
-candidate is scored on the same records in one run, as users run it (skip too-long inputs, length
-control as shipped), so the table compares models, not days. The columns are the models and the
+candidate is scored on the same records in one run, as users run it (long responses as the app
+scores them: windows for a cross-encoder; length control as shipped), so the table compares models, not days. The columns are the models and the
 three baselines; the last row is the unweighted average of the rows above it.
 """
 
@@ -22,22 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def evaluate(model: str, data: Path, gold: Path | None, rmb_limit: int, threads: int) -> tuple[list, float, float]:
+def evaluate(model: str, data: Path, gold: Path | None, threads: int) -> tuple[list, float, float]:
     """The summary rows of one model, its demo P(A) and the seconds it took."""
     import engine
     from app.pipelines import card_summary as cs
-    from app.pipelines.default_model import CARD_BENCHMARKS
-    from trainer.eval.runner import run_model
 
     rows: list = []
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="arbiter-cand-") as tmp:
         os.environ["ARBITER_HOME"] = tmp  # an empty evaluation store: nothing reused between models
         with engine.load(model, threads=threads) as rm:
-            for fmt, rel, limit in CARD_BENCHMARKS:
-                limit = rmb_limit if fmt == "rmb" else limit
-                out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=Path(tmp) / fmt, limit=limit, plots=False)
-                rows += cs.headline_rows(fmt, out.result)
+            for fmt, _, result in cs.card_results(rm, data, Path(tmp)):
+                rows += cs.headline_rows(fmt, result)
             rows += cs.headline_rows("obvious", cs.obvious_result(rm, Path(tmp) / "obvious"))
             if gold is not None and (g := cs.gold_row(cs.score_gold(rm, gold))) is not None:
                 rows.append(g)
@@ -52,7 +48,7 @@ def cached(model: str, args: argparse.Namespace, compute) -> tuple[list, float, 
     from engine.registry import default_model_path
 
     path = Path(model) if Path(model).exists() else default_model_path()
-    file = cs.cache_file(args.cache, path, gold=args.gold, rmb_limit=args.rmb_limit, data=args.data) if path else None
+    file = cs.cache_file(args.cache, path, gold=args.gold, data=args.data) if path else None
     if file is not None and (hit := cs.load_rows(file)) is not None:
         print(f"{model}: rows from {file}", flush=True)
         return hit
@@ -67,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", help="NAME=MODEL")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--gold", type=Path, default=None, help="the recipe's held-out gold.jsonl")
-    ap.add_argument("--rmb-limit", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=ROOT / "build" / "default-candidates",
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         name, _, model = spec.partition("=")
         results[name] = cached(model or name, args, lambda m=model or name: evaluate(
-            m, args.data, args.gold, args.rmb_limit, args.threads))
+            m, args.data, args.gold, args.threads))
         rows, demo, secs = results[name]
         print(f"{name}: {len(rows)} rows in {secs:.0f} s, demo P(A) {demo:.1%}", flush=True)
     names = list(results)
@@ -103,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         cmd = "python bench/default_candidates.py " + " ".join(args.models) + (f" --gold {args.gold}" if args.gold else "")
         args.out.write_text(f"# Default-model candidates\n\n`{cmd}` ({time.strftime('%Y-%m-%d')}; accuracy in %, "
-                            f"RMB first {args.rmb_limit} records)\n\n{table}\n", encoding="utf-8")
+                            f"RMB {cs.RMB_SAMPLE} pairwise and {cs.RMB_SAMPLE} Best-of-N records spread through each set)\n\n{table}\n", encoding="utf-8")
     return 0
 
 

@@ -105,3 +105,42 @@ def test_limit_then_full_run_scores_only_the_rest(minilm, pairs_file):
         assert first.result["benchmarks"][0]["records"] == 2 and first.items_scored == 4
         full = run_model(rm, [str(pairs_file)], plots=False)
     assert (full.items_scored, full.items_reused) == (8, 4)
+
+
+def test_spread_takes_evenly_spaced_records_deterministically():
+    from trainer.eval.runner import spread
+
+    assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert spread(list(range(10)), 3) == [0, 3, 6]
+    assert spread(list(range(4)), 9) == [0, 1, 2, 3]  # asking for more than there is: all of them
+    assert spread(list(range(1000)), 7) == spread(list(range(1000)), 7)
+
+
+def test_sample_spreads_through_every_file_of_a_folder(minilm, tmp_path, capsys):
+    """`--sample` reaches the last file of a benchmark stored one category per file (RMB's
+    layout), where `--limit` stops in the first; each is a run of its own in the store."""
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    for k, (p, c, r) in enumerate(PAIRS[:4]):  # four files of one pair each, read in name order
+        (folder / f"cat{k}.jsonl").write_text(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
+    from engine.files import file_info
+
+    store = EvalStore()
+    with load(minilm, threads=1) as rm:
+        limited = run_model(rm, [f"pairwise:{folder}"], limit=2, plots=False, store=store).result
+        first_two = {r[0] for r in store.db.execute("select distinct file_sha256 from eval_scores").fetchall()}
+        sampled = run_model(rm, [f"pairwise:{folder}"], sample=2, plots=False, store=store).result
+    sha = {file_info(folder / f"cat{k}.jsonl").sha256: k for k in range(4)}
+    assert sorted(sha[s] for s in first_two) == [0, 1]
+    every = {r[0] for r in store.db.execute("select distinct file_sha256 from eval_scores").fetchall()}
+    assert sorted(sha[s] for s in every - first_two) == [2]  # the sample: files 0 and 2 of 4
+    assert limited["run_id"] != sampled["run_id"]
+    assert sampled["options"]["sample"] == 2 and "sample" not in limited["options"]
+    assert sampled["benchmarks"][0]["records"] == 2
+
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(minilm), "--bench", f"pairwise:{folder}", "--sample", "2", "--json",
+                 "--no-plots", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["benchmarks"][0]["records"] == 2
+    with pytest.raises(SystemExit):  # argparse: --limit and --sample exclude each other
+        main(["eval", "--model", str(minilm), "--bench", f"pairwise:{folder}", "--sample", "2", "--limit", "2"])

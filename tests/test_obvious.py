@@ -75,7 +75,7 @@ def test_card_summary_rows_on_the_shipped_default(tmp_path):
         (label, obvious, note), = cs.headline_rows("obvious", cs.obvious_result(rm, tmp_path / "eval"))
         label_g, g, _ = cs.gold_row(cs.score_gold(rm, gold))
         demo = cs.demo_probability(rm)
-    assert note.startswith("41 records, 0 skipped")
+    assert note == "41 records, 0 in windows"  # every case fits: none needs the card's windows
     assert g["longer"] == pytest.approx(50.0) and g["shorter"] == pytest.approx(50.0)
     assert 0.0 <= demo <= 1.0 and 0.0 <= obvious["model"] <= 100.0
     card = (builtin_dir() / "default" / "MODEL_CARD.md").read_text(encoding="utf-8")  # states the same
@@ -84,3 +84,41 @@ def test_card_summary_rows_on_the_shipped_default(tmp_path):
     assert f"P(A better) = {demo:.1%}" in card
     table = cs.markdown([(label, obvious, note), (label_g, g, "x")])
     assert table.splitlines()[-1].startswith("| **average** |")
+
+
+def test_card_benchmarks_exist_and_rmb_samples_reach_every_category(shared_data):
+    """Every card benchmark is in ../shared/data, and RMB's spread samples hold every category
+    file of each set (its first 600 records had held five of twelve Best-of-N categories and no
+    pairwise record at all)."""
+    from trainer.eval.runner import _load, resolve
+
+    for fmt, rel, sample in cs.CARD_BENCHMARKS:
+        assert (shared_data / rel).exists(), rel
+        if fmt != "rmb":
+            continue
+        bench, = resolve([f"{fmt}:{shared_data / rel}"])[0]
+        picked = _load(bench, None, sample)
+        assert len(picked) == sample == cs.RMB_SAMPLE
+        files_hit = {sha for sha, _, _ in picked}
+        tops = {r.category.split("/")[2] for _, _, r in picked}  # Brainstorming, Chat, ..., Translation
+        assert len(tops) == 12, (rel, sorted(tops))
+        assert len(files_hit) >= 0.8 * len(bench.files), (rel, len(files_hit), len(bench.files))
+
+
+def test_prompt_overlap_counts_benchmark_records_whose_prompt_training_shares(shared_data, tmp_path):
+    """A training pair on an RM-Bench prompt (short: the whole-prompt test) and one on an obvious
+    case are found from the benchmarks' side; an unrelated pair is found nowhere."""
+    from engine.types import conversation
+    from trainer.data.record import PreferencePair
+
+    rm_bench_prompt = next(benchmark_prompts(shared_data / "rm-bench" / "chat_filtered.json"))
+    case = ROWS[0]
+    train = tmp_path / "train.jsonl"
+    write_pairs([PreferencePair("a", conversation([{"role": "user", "content": rm_bench_prompt}]), "x", "y"),
+                 PreferencePair("b", conversation(case["conversation"]), "x", "y"),
+                 PreferencePair("c", conversation([{"role": "user", "content": "Zyzzyva quorble flint?"}]),
+                                "x", "y")], train)
+    found = {name: (hits, n) for name, hits, n in cs.prompt_overlap(train, shared_data)}
+    assert found["rm-bench"][0] >= 1 and found["obvious cases"] == (1, 41)
+    assert all(hits == 0 for name, (hits, _) in found.items() if name not in ("rm-bench", "obvious cases"))
+    assert found["rmb (Pairwise_set)"][1] == found["rmb (BoN_set)"][1] == cs.RMB_SAMPLE

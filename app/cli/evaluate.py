@@ -28,8 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "reward-model outputs) or scored-pairs (JSONL chosen_score, rejected_score)")
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON, markdown and PNG files")
     p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="only the first N items of each benchmark (a run of its own in the store)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--limit", type=positive_int, default=None,
+                      help="only the first N items of each benchmark (a run of its own in the store)")
+    size.add_argument("--sample", type=positive_int, default=None,
+                      help="N items spread evenly through each benchmark, so every file and category "
+                           "of a large one (RMB) is in it (a run of its own in the store)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.add_argument("--on-too-long", choices=["skip", "window"], default="skip",
                    help="a record with a response over the model's context: left out of the metrics "
@@ -63,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             with load_model(args) as rm:
                 from engine.scorer import WINDOW_AGG
 
-                outcome = run_model(rm, args.bench, out_dir=args.out, limit=args.limit,
+                outcome = run_model(rm, args.bench, out_dir=args.out, limit=args.limit, sample=args.sample,
                                     batch_size=args.batch_size, progress=progress, plots=not args.no_plots,
                                     on_too_long=args.on_too_long, window_agg=args.window_agg or WINDOW_AGG)
         finally:

@@ -18,6 +18,43 @@ from typing import Any
 
 COLUMNS = ("model", "random", "longer", "shorter")
 
+#: RMB is large (2,109 Best-of-N and 8,456 pairwise records): this many of each set, spread evenly
+#: through its files (``trainer.eval.runner.spread``), so every category is in the card
+RMB_SAMPLE = 300
+
+#: the benchmarks the card reports: (format, path under ../shared/data, a sample size or None = all)
+CARD_BENCHMARKS: tuple[tuple[str, str, int | None], ...] = (
+    ("llmbar", "llmbar/Dataset/LLMBar", None), ("rm-bench", "rm-bench", None),
+    ("judgebench", "judgebench/dataset=judgebench,response_model=gpt-4o-2024-05-13.jsonl", None),
+    ("autoj", "auto-j/testdata_pairwise.jsonl", None),
+    ("rmb", "rmb/RMB_dataset/Pairwise_set", RMB_SAMPLE), ("rmb", "rmb/RMB_dataset/BoN_set", RMB_SAMPLE))
+
+
+def card_policy(rm) -> str:
+    """How the card treats a response longer than the model reads: as the desktop app does
+    (``app/gui/state/session.py::long_response_options``), windows for a cross-encoder, so every
+    record is scored; a decoder cuts nothing and skips what exceeds its context."""
+    return "window" if rm.windows_long_responses else "skip"
+
+
+def bench_name(fmt: str, rel: str) -> str:
+    """A card benchmark's name in the card's tables: its format, and RMB's set (two entries)."""
+    return f"{fmt} ({Path(rel).name})" if fmt == "rmb" else fmt
+
+
+def card_results(rm, data: Path, out_dir: Path, **run_options: Any):
+    """``(format, heading, run_model result)`` for each card benchmark, scored under
+    :func:`card_policy`; ``run_options`` go to ``run_model`` (a store, plots). The heading starts
+    with :func:`bench_name`."""
+    from trainer.eval.runner import run_model
+
+    policy = card_policy(rm)
+    for fmt, rel, sample in CARD_BENCHMARKS:
+        out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=out_dir / fmt, sample=sample, on_too_long=policy,
+                        **{"plots": False, **run_options})
+        heading = bench_name(fmt, rel) + (f": {sample} records spread through it" if sample else "")
+        yield fmt, heading, out.result
+
 #: per card benchmark: (row label, metric name as ``trainer.eval.report.flatten`` spells it)
 HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
     "llmbar": (("LLMBar Natural", "by_category/LLMBar/Natural/accuracy"),
@@ -39,7 +76,8 @@ def headline_rows(name: str, result: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     for b in result["benchmarks"]:
         flat = {c: dict(flatten(b["metrics"][c])) for c in COLUMNS if c in b["metrics"]}
-        note = f"{b['records']} records, {b['skipped']} skipped"
+        note = (f"{b['records']} records, {b['windowed']} in windows" if b.get("policy")
+                else f"{b['records']} records, {b['skipped']} skipped")
         for label, metric in HEADLINES.get(name, ()):
             vals = {c: flat[c][metric] for c in flat if metric in flat[c]}
             if "model" in vals:
@@ -47,10 +85,47 @@ def headline_rows(name: str, result: dict[str, Any]) -> list[Row]:
     return out
 
 
+def coverage(results: list[dict[str, Any]]) -> str:
+    """How many of the benchmarks' records fit the model's context, how many needed windows and
+    how many were skipped, in words, from ``run_model`` results."""
+    benches = [b for r in results for b in r["benchmarks"]]
+    records = sum(b["records"] for b in benches)
+    windowed = sum(b.get("windowed", 0) for b in benches)
+    skipped = sum(b["skipped"] for b in benches)
+    return (f"of {records:,} benchmark records, {records - windowed - skipped:,} fit whole, {windowed:,} were "
+            f"scored in windows, {skipped:,} skipped")
+
+
+def prompt_overlap(train_file: Path, data: Path) -> list[tuple[str, int, int]]:
+    """For each card benchmark, ``(name, records whose prompt a training pair shares, records)``:
+    the same test as the recipe's decontamination (a shared 13-gram, or the whole prompt for one
+    too short to hold 13 words), run from the benchmark's side over the records the card scores.
+    A clean build gives zeros; a build from before a check existed shows what it let through."""
+    from trainer.data.record import read_pairs
+    from trainer.data.synthetic import PromptDecontaminator
+    from trainer.eval.runner import _load, resolve
+
+    seen = PromptDecontaminator([], 13)
+    seen.add_texts((" ".join(m.content for m in p.conversation if m.role == "user") for p in read_pairs(train_file)),
+                   "train")
+    from app.obvious import OBVIOUS_CASES
+
+    out = []
+    for fmt, rel, sample in (*CARD_BENCHMARKS, ("pairwise", str(OBVIOUS_CASES), None)):
+        for bench in resolve([f"{fmt}:{data / rel}"])[0]:
+            records = [r for _, _, r in _load(bench, None, sample)]
+            hits = sum(seen.hit(" ".join(m.content for m in r.conversation if m.role == "user")) is not None
+                       for r in records)
+            name = "obvious cases" if fmt == "pairwise" else bench_name(fmt, rel)
+            out.append((name, hits, len(records)))
+    return out
+
+
 def score_gold(rm, gold_file: Path) -> tuple[list, list[float], list[float], int] | None:
-    """The held-out gold pairs scored as the model runs (length control on), scored once for every
-    gold figure of the card: the pairs that fit, their chosen and rejected scores, and how many of
-    all the pairs were skipped as too long. None without a gold file."""
+    """The held-out gold pairs scored as the model runs (length control on, long responses under
+    :func:`card_policy`), scored once for every gold figure of the card: the pairs scored, their
+    chosen and rejected scores, and how many of all the pairs were skipped as too long (none when
+    the policy is windows). None without a gold file."""
     from engine.types import Item
     from trainer.data.record import read_pairs
 
@@ -58,7 +133,7 @@ def score_gold(rm, gold_file: Path) -> tuple[list, list[float], list[float], int
         return None
     pairs = [p for p in read_pairs(gold_file) if not p.tie]
     s = [x.value for x in rm.score([Item(p.conversation, r) for p in pairs for r in (p.chosen, p.rejected)],
-                                   on_too_long="skip")]
+                                   on_too_long=card_policy(rm))]
     keep = [k for k in range(len(pairs)) if not (math.isnan(s[2 * k]) or math.isnan(s[2 * k + 1]))]
     return [pairs[k] for k in keep], [s[2 * k] for k in keep], [s[2 * k + 1] for k in keep], len(pairs) - len(keep)
 
@@ -90,7 +165,8 @@ def obvious_result(rm, out_dir: Path) -> dict[str, Any]:
     from app.obvious import OBVIOUS_CASES
     from trainer.eval.runner import run_model
 
-    return run_model(rm, [f"pairwise:{OBVIOUS_CASES}"], out_dir=out_dir, plots=False).result
+    return run_model(rm, [f"pairwise:{OBVIOUS_CASES}"], out_dir=out_dir, plots=False,
+                     on_too_long=card_policy(rm)).result
 
 
 def demo_probability(rm) -> float:
@@ -145,9 +221,10 @@ def weaknesses(rows: list[Row], obvious: dict[str, Any] | None = None) -> str:
     return "\n".join(lines) if lines else "- None of the rows above: the model beats every baseline on each."
 
 
-def cache_file(cache: Path, model: Path, *, gold: Path | None, rmb_limit: int, data: Path) -> Path:
+def cache_file(cache: Path, model: Path, *, gold: Path | None, data: Path) -> Path:
     """Where one model's summary rows are kept: keyed by the sha256 of every file of the model and
-    the settings, so the card's own evaluation and ``bench/default_candidates.py`` share them."""
+    the settings (the card's benchmarks and samples), so the card's own evaluation and
+    ``bench/default_candidates.py`` share them."""
     import hashlib
     import json
 
@@ -155,7 +232,8 @@ def cache_file(cache: Path, model: Path, *, gold: Path | None, rmb_limit: int, d
 
     files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
     digest = [(str(p.relative_to(model)) if model.is_dir() else p.name, sha256_file(p)) for p in files]
-    key = json.dumps([digest, str(Path(gold).resolve()) if gold else None, rmb_limit, str(Path(data).resolve())])
+    key = json.dumps([digest, str(Path(gold).resolve()) if gold else None, CARD_BENCHMARKS,
+                      str(Path(data).resolve())])
     return cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

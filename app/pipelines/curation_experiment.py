@@ -380,9 +380,9 @@ def sample(pairs: Sequence[Any], n: int, seed: int, what: str) -> list[Any]:
 
 def _bench_specs(data: Path, work: Path, budget: Budget) -> dict[str, str]:
     """The built-in model card's benchmarks (RMB: its pairwise set), and the held-out gold."""
-    from app.pipelines.default_model import CARD_BENCHMARKS
+    from app.pipelines.card_summary import CARD_BENCHMARKS
 
-    specs = {fmt: f"{fmt}:{data / rel}" for fmt, rel, _ in CARD_BENCHMARKS}
+    specs = {fmt: f"{fmt}:{data / rel}" for fmt, rel, _ in CARD_BENCHMARKS}  # RMB: set just below
     specs["auto-j"] = specs.pop("autoj")
     specs["rmb"] = f"rmb:{data / budget.rmb}"
     specs["gold"] = f"pairwise:{work / 'data' / 'gold_eval.jsonl'}"

@@ -133,6 +133,7 @@ def build_data(data: Path, work: Path, *, pairs: int, seed: int, off_topic: floa
                 "AlpacaEval GPT-4, chosen longer": len(longer), "AlpacaEval GPT-4, chosen shorter": len(shorter)},
         "chosen_longer_share": {"train": share_longer(train), "gold": share_longer(gold)},
         "hygiene": report.to_dict() if hasattr(report, "to_dict") else str(report),
+        "decontamination": "13-grams, and whole prompts",
         "benchmark_files_for_decontamination": [str(p.relative_to(data)) for p in bench_files]
         + [f"app/data/{OBVIOUS_CASES.name}"],
     }
@@ -393,18 +394,11 @@ def export(best: Path, work: Path, report: dict, train_s: float, cfg, *, install
     print(f"default model written to {BUILTIN} ({sum(p.stat().st_size for p in BUILTIN.rglob('*') if p.is_file()) / 1e6:.1f} MB)")
 
 
-#: benchmarks in ../shared/data the card reports; RMB is large, so its first items only
-CARD_BENCHMARKS = (("llmbar", "llmbar/Dataset/LLMBar", None), ("rm-bench", "rm-bench", None),
-                   ("judgebench", "judgebench/dataset=judgebench,response_model=gpt-4o-2024-05-13.jsonl", None),
-                   ("autoj", "auto-j/testdata_pairwise.jsonl", None), ("rmb", "rmb/RMB_dataset", 600))
-
-
 def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     """Evaluate the built-in model as users run it (``--model default``); write MODEL_CARD.md."""
     import engine
     from app.pipelines import card_summary as cs
     from trainer.eval.report import markdown
-    from trainer.eval.runner import run_model
 
     build = json.loads((BUILTIN / "build.json").read_text())
     sections = []
@@ -416,28 +410,30 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         results_runtime = f"`--model default`: {rm.info.format} {rm.info.dtype}, as users run it"
         gold = cs.score_gold(rm, work / "gold.jsonl")
         gold_controlled = _gold_split(gold)
-        for fmt, rel, limit in CARD_BENCHMARKS:
-            out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=work / "eval", limit=limit, plots=False)
-            summary += cs.headline_rows(fmt, out.result)
-            note = f" (first {limit} records)" if limit else ""
-            sections.append(f"### {fmt}{note}\n\n" + markdown(out.result).split("\n", 1)[1].strip())
-            for b in out.result["benchmarks"]:
+        results = []
+        for fmt, heading, result in cs.card_results(rm, data, work / "eval"):
+            results.append(result)
+            summary += cs.headline_rows(fmt, result)
+            sections.append(f"### {heading}\n\n" + markdown(result).split("\n", 1)[1].strip())
+            for b in result["benchmarks"]:
                 diag = b.get("diagnostics", {})
                 if "length_bias" in diag:
                     lo, sh = diag["length_bias"]["chosen_longer"], diag["length_bias"]["chosen_shorter"]
-                    bias_rows.append(f"| {fmt} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
+                    name = heading.split(":")[0]  # card_summary.bench_name: RMB's two sets apart
+                    bias_rows.append(f"| {name} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
                                      f"(n={sh['n']}) | {diag['score_length_correlation']['spearman']:.3f} |")
-                    gaps[fmt] = lo["accuracy"] - sh["accuracy"]
+                    gaps[name] = lo["accuracy"] - sh["accuracy"]
         obvious = cs.obvious_result(rm, work / "eval-obvious")
         summary += cs.headline_rows("obvious", obvious)
         if (gold_summary := cs.gold_row(gold)) is not None:
             summary.append(gold_summary)
         demo_p = cs.demo_probability(rm)
+        policy = rm.window_policy().name if cs.card_policy(rm) == "window" else "none: too long is skipped"
     from engine.registry import default_model_path
 
     # the rows, for bench/default_candidates.py to set beside other candidates without rescoring
     cs.save_rows(cs.cache_file(ROOT / "build" / "default-candidates", default_model_path(), gold=work / "gold.jsonl",
-                               rmb_limit=CARD_BENCHMARKS[-1][2], data=data), summary, demo_p, time.time() - t_card)
+                               data=data), summary, demo_p, time.time() - t_card)
     t = build.get("training", {})
     g = t.get("best_gold") or {}
     if not bias_note and g.get("accuracy_chosen_shorter") is not None:
@@ -479,13 +475,29 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         weaknesses=cs.weaknesses(summary, obvious),
         decon=", ".join(sorted({f.split("/")[0] for f in build["data"].get("benchmark_files_for_decontamination", [])
                                 if not f.startswith("app/")})),
+        decon_method=build["data"].get("decontamination", "13-grams only: the recipe before whole-prompt matching"),
+        decon_also=(", the obvious cases and the gold set" if "decontamination" in build["data"] else
+                    " and the gold set"),
+        overlap=_overlap_table(work / "train.jsonl", data),
         obvious=markdown(obvious).split("\n", 1)[1].strip(),
         demo_p=f"{demo_p:.1%}",
+        policy=policy, coverage=cs.coverage(results), rmb_sample=cs.RMB_SAMPLE,
     )
     path = BUILTIN / "MODEL_CARD.md"
     path.write_text(card, encoding="utf-8")
     print(f"model card written to {path}")
     return path
+
+
+def _overlap_table(train_file: Path, data: Path) -> str:
+    """The card's table of benchmark records whose prompt the training pairs share."""
+    from app.pipelines import card_summary as cs
+
+    if not train_file.is_file():
+        return f"Not measured: {train_file} (the build's training pairs) is not there."
+    rows = cs.prompt_overlap(train_file, data)
+    return ("| benchmark | records sharing a prompt with training | records |\n|---|---|---|\n"
+            + "\n".join(f"| {name} | {hits} ({100 * hits / n:.1f}%) | {n} |" for name, hits, n in rows))
 
 
 def _gate(v: dict) -> str:

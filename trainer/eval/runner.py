@@ -96,8 +96,9 @@ def resolve(specs: Sequence[str], *, precomputed: bool = False) -> tuple[list[Be
     return benches, ignored
 
 
-def _load(bench: Benchmark, limit: int | None) -> list[tuple[str, str, Record]]:
-    """(file sha256, key within the file, record) for every record.
+def _load(bench: Benchmark, limit: int | None, sample: int | None = None) -> list[tuple[str, str, Record]]:
+    """(file sha256, key within the file, record) for every record: the first ``limit``, or
+    ``sample`` of them spread evenly (:func:`spread`).
 
     Record keys are made unique within the benchmark: files of one folder share a
     benchmark (LLMBar's sets are all called dataset.json), so their keys get the file's
@@ -114,7 +115,19 @@ def _load(bench: Benchmark, limit: int | None) -> list[tuple[str, str, Record]]:
                 k = f"{k}~{seen[k]}"
             shown = f"{f.parent.name}/{f.stem}/{k}" if len(bench.files) > 1 else k
             out.append((sha, k, replace(rec, key=shown)))
+    if sample is not None:
+        return spread(out, sample)
     return out[:limit] if limit is not None else out
+
+
+def spread(records: Sequence, n: int) -> list:
+    """``n`` records evenly spaced through the benchmark (every len/n-th, from the first), so a
+    subset of a benchmark stored one category per file (RMB) covers every file and category in
+    proportion, where the first ``n`` would cover the first few. Deterministic: the same files
+    give the same subset."""
+    if n >= len(records):
+        return list(records)
+    return [records[i * len(records) // n] for i in range(n)]
 
 
 def policy_identity(model_id: str, policy: str | None) -> str:
@@ -139,7 +152,7 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
                     limit: int | None = None, batch_size: int | None = None,
                     progress: Progress | None = None, cancel: CancelToken | None = None,
                     commit_every: int = COMMIT_EVERY, on_too_long: str = "skip",
-                    window_agg: str = WINDOW_AGG) -> tuple[list[Scored], int, int]:
+                    window_agg: str = WINDOW_AGG, sample: int | None = None) -> tuple[list[Scored], int, int]:
     """Score every response not already in the store; returns (scored records, new, reused).
 
     New scores are committed every ``commit_every`` items and on any interruption
@@ -147,7 +160,7 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
     (a record with a response over the context is left out of the metrics) or "window"
     (:meth:`Scorer.iter_scores`); ``model_id`` must then be :func:`policy_identity`'s.
     """
-    records = _load(bench, limit)
+    records = _load(bench, limit, sample)
     done = {sha: store.scores(model_id, sha) for sha in {sha for sha, _, _ in records}}
     pending: list[tuple[str, str, Item]] = []
     for sha, base, rec in records:
@@ -207,14 +220,22 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
               progress: Progress | None = None, cancel: CancelToken | None = None,
               store: EvalStore | None = None, plots: bool = True,
               commit_every: int = COMMIT_EVERY, on_too_long: str = "skip",
-              window_agg: str = WINDOW_AGG) -> Outcome:
+              window_agg: str = WINDOW_AGG, sample: int | None = None) -> Outcome:
     """Evaluate a loaded model on benchmarks; resumable, recorded in the store.
+
+    ``limit``: the first N records of each benchmark; ``sample``: N spread evenly through it
+    (:func:`spread`); not both. Either is a run of its own in the store.
 
     ``on_too_long``: "skip" (records with a response over the context are left out, counted
     in ``skipped``) or "window" (scored in windows combined by ``window_agg``; each benchmark
     records ``policy`` and how many records were ``windowed``)."""
     if on_too_long not in ("skip", "window"):
         raise InputError(f"{on_too_long!r}: expected skip or window", field="on_too_long")
+    if limit is not None and sample is not None:
+        raise InputError("give a limit (the first N records) or a sample (N spread evenly), not both",
+                         field="sample")
+    if sample is not None and sample < 1:
+        raise InputError(f"{sample}: a sample needs at least one record", field="sample")
     policy = scorer.window_policy(window_agg).name if on_too_long == "window" else None
     store = store or EvalStore()
     benches, ignored = resolve(specs)
@@ -223,8 +244,10 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
     files_meta = [{"name": b.name, "format": b.format,
                    "files": [{"path": str(f), "sha256": file_info(f).sha256} for f in b.files]}
                   for b in benches]
-    run_id = store.run_id(model_id, files_meta, limit)
+    run_id = store.run_id(model_id, files_meta, limit, sample)
     options = {"limit": limit, "batch_size": batch_size}
+    if sample is not None:  # absent without one, as older versions wrote the options
+        options["sample"] = sample
     if policy:  # without one the options (and the run id's inputs) stay what older versions wrote
         options["policy"] = policy
     store.start_run(run_id, info, model_id, files_meta, options)
@@ -236,7 +259,7 @@ def run_model(scorer: Scorer, specs: Sequence[str], *, out_dir: Path | None = No
             scored, new, reused = score_benchmark(scorer, bench, store, model_id, limit=limit,
                                                   batch_size=batch_size, progress=progress, cancel=cancel,
                                                   commit_every=commit_every, on_too_long=on_too_long,
-                                                  window_agg=window_agg)
+                                                  window_agg=window_agg, sample=sample)
             outcome.items_scored += new
             outcome.items_reused += reused
             windows = {"policy": policy, "windowed": sum(_windowed(scorer, s.record) for s in scored)}

@@ -96,11 +96,15 @@ class EvalStore:
 
     # ---- runs --------------------------------------------------------------------------
     @staticmethod
-    def run_id(model_id: str, benchmarks: Sequence[dict[str, Any]], limit: int | None = None) -> str:
-        """Same model, benchmark files and ``--limit``: same run (``--limit 30`` and 80 differ)."""
+    def run_id(model_id: str, benchmarks: Sequence[dict[str, Any]], limit: int | None = None,
+               sample: int | None = None) -> str:
+        """Same model, benchmark files and ``--limit`` / ``--sample``: same run (``--limit 30`` and
+        80 differ, and so do ``--limit 30`` and ``--sample 30``)."""
         key: list[Any] = [model_id, sorted((b["format"], f["sha256"]) for b in benchmarks for f in b["files"])]
         if limit is not None:  # without a limit the id stays what older versions gave
             key.append({"limit": limit})
+        if sample is not None:
+            key.append({"sample": sample})
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
     def mark_abandoned(self) -> int:
