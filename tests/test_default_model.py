@@ -138,3 +138,20 @@ def test_shipped_files_fit_the_budget_and_have_a_card():
     assert size <= 60e6, f"{size / 1e6:.1f} MB"
     card = (BUILTIN / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "CC BY-NC 4.0" in card and "make default-model" in card and "random" in card
+
+
+def test_card_says_which_recipe_built_the_shipped_weights():
+    """The shipped build predates whole-prompt decontamination, and its card says so, naming the
+    commit whose recipe rebuilds its data; a build by today's recipe is told apart."""
+    from app.pipelines.default_model import _git_head, _reproduce_note
+
+    build = json.loads((BUILTIN / "build.json").read_text())
+    card = (BUILTIN / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert _reproduce_note(build) in card
+    if "decontamination" not in build["data"]:
+        assert "before it matched whole prompts" in _reproduce_note(build)
+        assert "| rm-bench |" in card.split("Benchmark prompts seen in training", 1)[1]
+    today = {**build, "data": {**build["data"], "decontamination": "13-grams, and whole prompts"}}
+    assert _reproduce_note(today).startswith("These weights were built by that recipe")
+    head = _git_head()
+    assert head is None or len(head.split("+")[0]) == 40

@@ -381,6 +381,7 @@ def export(best: Path, work: Path, report: dict, train_s: float, cfg, *, install
     best_meta = read_meta(best)
     (stage / "build.json").write_text(json.dumps(
         {"data": report, "verify": checks, "training": training, "wall_seconds": round(train_s),
+         "recipe_commit": _git_head(),
          "config": cfg.__dict__, "length_correction": best_meta.get("length_correction"),
          "length_correction_fit": best_meta.get("length_correction_fit")}, indent=2, default=str))
     for name, c in checks.items():
@@ -475,6 +476,7 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         weaknesses=cs.weaknesses(summary, obvious),
         decon=", ".join(sorted({f.split("/")[0] for f in build["data"].get("benchmark_files_for_decontamination", [])
                                 if not f.startswith("app/")})),
+        reproduce=_reproduce_note(build),
         decon_method=build["data"].get("decontamination", "13-grams only: the recipe before whole-prompt matching"),
         decon_also=(", the obvious cases and the gold set" if "decontamination" in build["data"] else
                     " and the gold set"),
@@ -487,6 +489,34 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
     path.write_text(card, encoding="utf-8")
     print(f"model card written to {path}")
     return path
+
+
+def _git_head() -> str | None:
+    """The commit the recipe ran at (None outside a git checkout): the card names it, since a later
+    recipe may build different data from the same ../shared/data."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out + ("+uncommitted changes" if dirty else "")
+
+
+def _reproduce_note(build: dict) -> str:
+    """Whether today's recipe builds these weights' data, in words, from build.json."""
+    commit = build.get("recipe_commit")
+    at = f" at commit `{commit[:12]}`" if commit else ""
+    if "decontamination" in build["data"]:
+        return f"These weights were built by that recipe{at}."
+    return (f"These weights were built by the recipe{at}, before it matched whole prompts and the obvious "
+            "cases in decontamination: its data rebuilds there (the same pairs per source and the same "
+            "gold split), and today's `make default-model` leaves out the training pairs whose prompt a "
+            "benchmark or an obvious case shares (the records they touch: \"Benchmark prompts seen in "
+            "training\" below), so it builds a different model.")
 
 
 def _overlap_table(train_file: Path, data: Path) -> str:
