@@ -22,15 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def evaluate(model: str, data: Path, gold: Path | None, threads: int) -> tuple[list, float, float]:
-    """The summary rows of one model, its demo P(A) and the seconds it took."""
+def evaluate(model: str, data: Path, gold: Path | None, threads: int,
+             reuse_store: bool = False) -> tuple[list, float, float]:
+    """The summary rows of one model, its demo P(A) and the seconds it took. ``reuse_store``: read
+    scores already in the user's evaluation store (the card's run put the shipped model's there;
+    they are keyed by the model's files and the long-input policy), so only what is missing is
+    scored; the seconds then measure that, not a whole evaluation."""
     import engine
     from app.pipelines import card_summary as cs
 
     rows: list = []
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="arbiter-cand-") as tmp:
-        os.environ["ARBITER_HOME"] = tmp  # an empty evaluation store: nothing reused between models
+        if not reuse_store:
+            os.environ["ARBITER_HOME"] = tmp  # an empty evaluation store: nothing reused between models
         with engine.load(model, threads=threads) as rm:
             for fmt, _, result in cs.card_results(rm, data, Path(tmp)):
                 rows += cs.headline_rows(fmt, result)
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--gold", type=Path, default=None, help="the recipe's held-out gold.jsonl")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-store", action="store_true",
+                    help="reuse scores in the user's evaluation store (faster; the seconds are then not comparable)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=ROOT / "build" / "default-candidates",
                     help="rows per model files and settings, reused by a later run")
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         name, _, model = spec.partition("=")
         results[name] = cached(model or name, args, lambda m=model or name: evaluate(
-            m, args.data, args.gold, args.threads))
+            m, args.data, args.gold, args.threads, args.reuse_store))
         rows, demo, secs = results[name]
         print(f"{name}: {len(rows)} rows in {secs:.0f} s, demo P(A) {demo:.1%}", flush=True)
     names = list(results)
