@@ -55,6 +55,7 @@ def card_results(rm, data: Path, out_dir: Path, **run_options: Any):
         heading = bench_name(fmt, rel) + (f": {sample} records spread through it" if sample else "")
         yield fmt, heading, out.result
 
+
 #: per card benchmark: (row label, metric name as ``trainer.eval.report.flatten`` spells it)
 HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
     "llmbar": (("LLMBar Natural", "by_category/LLMBar/Natural/accuracy"),
@@ -101,6 +102,7 @@ def prompt_overlap(train_file: Path, data: Path) -> list[tuple[str, int, int]]:
     the same test as the recipe's decontamination (a shared 13-gram, or the whole prompt for one
     too short to hold 13 words), run from the benchmark's side over the records the card scores.
     A clean build gives zeros; a build from before a check existed shows what it let through."""
+    from app.obvious import OBVIOUS_CASES
     from trainer.data.record import read_pairs
     from trainer.data.synthetic import PromptDecontaminator
     from trainer.eval.runner import _load, resolve
@@ -108,8 +110,6 @@ def prompt_overlap(train_file: Path, data: Path) -> list[tuple[str, int, int]]:
     seen = PromptDecontaminator([], 13)
     seen.add_texts((" ".join(m.content for m in p.conversation if m.role == "user") for p in read_pairs(train_file)),
                    "train")
-    from app.obvious import OBVIOUS_CASES
-
     out = []
     for fmt, rel, sample in (*CARD_BENCHMARKS, ("pairwise", str(OBVIOUS_CASES), None)):
         for bench in resolve([f"{fmt}:{data / rel}"])[0]:
