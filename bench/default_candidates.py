@@ -5,8 +5,9 @@
 
 Each MODEL is anything ``engine.load`` opens (a shipped ONNX folder, a GGUF file, ``default``). Every
 candidate is scored on the same records in one run, as users run it (long responses as the app
-scores them: windows for a cross-encoder; length control as shipped), so the table compares models, not days. The columns are the models and the
-three baselines; the last row is the unweighted average of the rows above it.
+scores them: windows for a cross-encoder; length control as shipped), so the table compares
+models, not days. The columns are the models and the three baselines; the last row is the
+unweighted average of the rows above it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def evaluate(model: str, data: Path, gold: Path | None, threads: int,
         if not reuse_store:
             os.environ["ARBITER_HOME"] = tmp  # an empty evaluation store: nothing reused between models
         with engine.load(model, threads=threads) as rm:
-            for fmt, _, result in cs.card_results(rm, data, Path(tmp)):
+            for fmt, _, _, result in cs.card_results(rm, data, Path(tmp)):
                 rows += cs.headline_rows(fmt, result)
             rows += cs.headline_rows("obvious", cs.obvious_result(rm, Path(tmp) / "obvious"))
             if gold is not None and (g := cs.gold_row(cs.score_gold(rm, gold))) is not None:

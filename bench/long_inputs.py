@@ -41,7 +41,7 @@ from engine.scorer import WINDOW_AGGS, Scorer, WindowPolicy  # noqa: E402
 from engine.types import Item  # noqa: E402
 from trainer.eval.benchmarks import evaluate  # noqa: E402
 from trainer.eval.items import Record, Scored  # noqa: E402
-from trainer.eval.runner import _load, resolve  # noqa: E402
+from trainer.eval.runner import load_records, resolve  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 #: (label, spec relative to DATA, subset size or None for all)
@@ -66,7 +66,7 @@ class Response:
 
 def records_of(spec: str, limit: int | None, seed: int) -> tuple[str, list[Record]]:
     (bench,), _ = resolve([spec])
-    recs = [r for _, _, r in _load(bench, None)]
+    recs = [r for _, _, r in load_records(bench, None)]
     if limit is not None and len(recs) > limit:
         recs = random.Random(seed).sample(recs, limit)
     return bench.format, recs

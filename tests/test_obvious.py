@@ -90,14 +90,14 @@ def test_card_benchmarks_exist_and_rmb_samples_reach_every_category(shared_data)
     """Every card benchmark is in ../shared/data, and RMB's spread samples hold every category
     file of each set (its first 600 records had held five of twelve Best-of-N categories and no
     pairwise record at all)."""
-    from trainer.eval.runner import _load, resolve
+    from trainer.eval.runner import load_records, resolve
 
     for fmt, rel, sample in cs.CARD_BENCHMARKS:
         assert (shared_data / rel).exists(), rel
         if fmt != "rmb":
             continue
         bench, = resolve([f"{fmt}:{shared_data / rel}"])[0]
-        picked = _load(bench, None, sample)
+        picked = load_records(bench, None, sample)
         assert len(picked) == sample == cs.RMB_SAMPLE
         files_hit = {sha for sha, _, _ in picked}
         tops = {r.category.split("/")[2] for _, _, r in picked}  # Brainstorming, Chat, ..., Translation

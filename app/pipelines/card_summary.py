@@ -43,17 +43,17 @@ def bench_name(fmt: str, rel: str) -> str:
 
 
 def card_results(rm, data: Path, out_dir: Path, **run_options: Any):
-    """``(format, heading, run_model result)`` for each card benchmark, scored under
-    :func:`card_policy`; ``run_options`` go to ``run_model`` (a store, plots). The heading starts
-    with :func:`bench_name`."""
+    """``(format, name, heading, run_model result)`` for each card benchmark, scored under
+    :func:`card_policy`; ``name`` is :func:`bench_name`'s; ``run_options`` go to ``run_model`` (a
+    store, plots)."""
     from trainer.eval.runner import run_model
 
     policy = card_policy(rm)
     for fmt, rel, sample in CARD_BENCHMARKS:
         out = run_model(rm, [f"{fmt}:{data / rel}"], out_dir=out_dir / fmt, sample=sample, on_too_long=policy,
                         **{"plots": False, **run_options})
-        heading = bench_name(fmt, rel) + (f": {sample} records spread through it" if sample else "")
-        yield fmt, heading, out.result
+        name = bench_name(fmt, rel)
+        yield fmt, name, name + (f": {sample} records spread through it" if sample else ""), out.result
 
 
 #: per card benchmark: (row label, metric name as ``trainer.eval.report.flatten`` spells it)
@@ -105,7 +105,7 @@ def prompt_overlap(train_file: Path, data: Path) -> list[tuple[str, int, int]]:
     from app.obvious import OBVIOUS_CASES
     from trainer.data.record import read_pairs
     from trainer.data.synthetic import PromptDecontaminator
-    from trainer.eval.runner import _load, resolve
+    from trainer.eval.runner import load_records, resolve
 
     seen = PromptDecontaminator([], 13)
     seen.add_texts((" ".join(m.content for m in p.conversation if m.role == "user") for p in read_pairs(train_file)),
@@ -113,7 +113,7 @@ def prompt_overlap(train_file: Path, data: Path) -> list[tuple[str, int, int]]:
     out = []
     for fmt, rel, sample in (*CARD_BENCHMARKS, ("pairwise", str(OBVIOUS_CASES), None)):
         for bench in resolve([f"{fmt}:{data / rel}"])[0]:
-            records = [r for _, _, r in _load(bench, None, sample)]
+            records = [r for _, _, r in load_records(bench, None, sample)]
             hits = sum(seen.hit(" ".join(m.content for m in r.conversation if m.role == "user")) is not None
                        for r in records)
             name = "obvious cases" if fmt == "pairwise" else bench_name(fmt, rel)

@@ -412,7 +412,7 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         gold = cs.score_gold(rm, work / "gold.jsonl")
         gold_controlled = _gold_split(gold)
         results = []
-        for fmt, heading, result in cs.card_results(rm, data, work / "eval"):
+        for fmt, name, heading, result in cs.card_results(rm, data, work / "eval"):
             results.append(result)
             summary += cs.headline_rows(fmt, result)
             sections.append(f"### {heading}\n\n" + markdown(result).split("\n", 1)[1].strip())
@@ -420,7 +420,6 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
                 diag = b.get("diagnostics", {})
                 if "length_bias" in diag:
                     lo, sh = diag["length_bias"]["chosen_longer"], diag["length_bias"]["chosen_shorter"]
-                    name = heading.split(":")[0]  # card_summary.bench_name: RMB's two sets apart
                     bias_rows.append(f"| {name} | {lo['accuracy']:.1f} (n={lo['n']}) | {sh['accuracy']:.1f} "
                                      f"(n={sh['n']}) | {diag['score_length_correlation']['spearman']:.3f} |")
                     gaps[name] = lo["accuracy"] - sh["accuracy"]
@@ -486,7 +485,9 @@ def write_card(data: Path, work: Path, bias_note: str = "") -> Path:
         policy=policy, coverage=cs.coverage(results), rmb_sample=cs.RMB_SAMPLE,
     )
     path = BUILTIN / "MODEL_CARD.md"
-    path.write_text(card, encoding="utf-8")
+    from engine.output import write_text
+
+    write_text(path, card)  # atomically: a run killed while writing leaves the previous card whole
     print(f"model card written to {path}")
     return path
 

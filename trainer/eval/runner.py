@@ -96,7 +96,7 @@ def resolve(specs: Sequence[str], *, precomputed: bool = False) -> tuple[list[Be
     return benches, ignored
 
 
-def _load(bench: Benchmark, limit: int | None, sample: int | None = None) -> list[tuple[str, str, Record]]:
+def load_records(bench: Benchmark, limit: int | None, sample: int | None = None) -> list[tuple[str, str, Record]]:
     """(file sha256, key within the file, record) for every record: the first ``limit``, or
     ``sample`` of them spread evenly (:func:`spread`).
 
@@ -160,7 +160,7 @@ def score_benchmark(scorer: Scorer, bench: Benchmark, store: EvalStore, model_id
     (a record with a response over the context is left out of the metrics) or "window"
     (:meth:`Scorer.iter_scores`); ``model_id`` must then be :func:`policy_identity`'s.
     """
-    records = _load(bench, limit, sample)
+    records = load_records(bench, limit, sample)
     done = {sha: store.scores(model_id, sha) for sha in {sha for sha, _, _ in records}}
     pending: list[tuple[str, str, Item]] = []
     for sha, base, rec in records:
